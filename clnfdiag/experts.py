@@ -1,0 +1,289 @@
+"""CCNF patch experts: response maps for all visible landmarks of a (scale, view) at once.
+
+The three instrumented stages, per landmark (float32, as OpenFace):
+
+* **raw** — every ``h x w`` window of the area of interest is contrast
+  normalised (mean removed, divided by its L2 norm), a leading 1 added for
+  the bias, and each neuron gives ``2·alpha·sigmoid(weights·x)``; the sum over
+  neurons (those with alpha > 1e-4) is the raw map;
+* **post-Sigma** — ``Sigma @ vec(raw)`` with
+  ``Sigma = inv(2·(sum(alpha)·I + Σ_b beta_b·S_b))``;
+* **post-shift** — the post-Sigma map minus its minimum when that is negative.
+
+All landmarks' windows are stacked (im2col over a batch) and multiplied by
+their neuron weights in one batched GEMM; Sigma matrices are built once per
+(scale, view, window) and cached.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from .faults import NO_FAULTS
+from .models import CCNFScale
+
+#: Neurons with alpha at or below this are skipped by OpenFace.
+ALPHA_EPS = 1e-4
+
+
+@dataclass
+class ResponseStages:
+    """Responses of the visible landmarks of one (scale, view).
+
+    Attributes
+    ----------
+    landmarks : (v,) int64
+        Indices of the visible landmarks, in increasing order.
+    raw, sigma, response : (v, w, w) float32
+        Raw (sum of neurons), post-Sigma and post-shift maps, row-major (y, x).
+    """
+
+    landmarks: np.ndarray
+    raw: np.ndarray
+    sigma: np.ndarray
+    response: np.ndarray
+
+    def full(self, stage: str, n_points: int) -> np.ndarray:
+        """One stage as ``(n_points, w, w)`` with zeros for invisible landmarks."""
+        maps = getattr(self, stage)
+        out = np.zeros((n_points,) + maps.shape[1:], dtype=maps.dtype)
+        out[self.landmarks] = maps
+        return out
+
+
+class ExpertBank:
+    """The visible experts of one (scale, view), stacked for batched evaluation.
+
+    Attributes
+    ----------
+    landmarks : (v,) int64
+        Visible landmarks (those with neurons).
+    weights : (v, k, 1 + h·w) float32
+        Row ``j``: neuron ``j``'s bias, then its filter times norm_weights,
+        flattened column-major (OpenFace's im2col order ``x·h + y``).
+    two_alpha : (v, k) float64
+        ``2·alpha`` per neuron, 0 for skipped neurons (and padding).
+    sum_alpha : (v,) float32
+        Sum of all alphas (skipped neurons included, as OpenFace).
+    betas : (v, b) float64
+    confidence : (v,) float64
+        Patch confidences.
+    """
+
+    def __init__(self, scale: CCNFScale, view: int):
+        experts = scale.experts[view]
+        vis = [i for i, e in enumerate(experts) if not e.empty and scale.visibility[view, i]]
+        self.landmarks = np.array(vis, dtype=np.int64)
+        self.height = experts[vis[0]].height if vis else 11
+        self.width = experts[vis[0]].width if vis else 11
+        k = max((experts[i].n_neurons for i in vis), default=0)
+        hw = self.height * self.width
+        v = len(vis)
+        self.weights = np.zeros((v, k, 1 + hw), np.float32)
+        self.two_alpha = np.zeros((v, k), np.float64)
+        self.sum_alpha = np.zeros(v, np.float32)
+        nb = max((experts[i].betas.size for i in vis), default=0)
+        self.betas = np.zeros((v, nb), np.float64)
+        self.confidence = np.zeros(v, np.float64)
+        for row, i in enumerate(vis):
+            e = experts[i]
+            n = e.n_neurons
+            # Filters flattened column-major; scaled by norm_weights in float32 like OpenCV's Mat*double.
+            flat = e.weights.transpose(0, 2, 1).reshape(n, hw)
+            self.weights[row, :n, 1:] = flat * e.norm_weights.astype(np.float32)[:, None]
+            self.weights[row, :n, 0] = e.biases.astype(np.float32)
+            keep = e.alphas > ALPHA_EPS
+            self.two_alpha[row, :n] = np.where(keep, 2.0 * e.alphas, 0.0)
+            acc = np.float32(0)
+            for a in e.alphas:  # sequential float accumulation, as OpenFace sums them
+                acc = np.float32(acc + np.float32(a))
+            self.sum_alpha[row] = acc
+            self.betas[row, :e.betas.size] = e.betas
+            self.confidence[row] = e.patch_confidence
+        self._sigmas: dict[int, np.ndarray] = {}
+        self._scale = scale
+
+    def sigma(self, window: int) -> np.ndarray:
+        """Sigma matrices ``(v, w², w²)`` float32 for a response window, cached.
+
+        Window sizes without stored sigma components (13 in OpenFace's files)
+        degenerate to ``(2·Σalpha)⁻¹·I``, as in OpenFace.
+        """
+        cached = self._sigmas.get(window)
+        if cached is not None:
+            return cached
+        n = window * window
+        comps = self._scale.sigma_components.get(window)
+        if comps is None:
+            comps = np.zeros((0, n, n), np.float32)
+        out = np.empty((len(self.landmarks), n, n), np.float32)
+        eye = np.eye(n, dtype=np.float32)
+        for row in range(len(self.landmarks)):
+            q2 = np.zeros((n, n), np.float32)
+            for b in range(comps.shape[0]):
+                q2 = q2 + np.float32(self.betas[row, b]) * comps[b]
+            inv_sigma = np.float32(2) * (self.sum_alpha[row] * eye + q2)
+            ok, out[row] = cv2.invert(inv_sigma, flags=cv2.DECOMP_CHOLESKY)
+        out.flags.writeable = False
+        self._sigmas[window] = out
+        return out
+
+
+def im2col_normalised(areas: np.ndarray, height: int, width: int,
+                      dtype: type = np.float32) -> np.ndarray:
+    """Contrast-normalised windows of every area, with a leading 1 for the bias.
+
+    Parameters
+    ----------
+    areas : (v, A, A) float32
+        Areas of interest, ``A = window + support - 1``.
+    height, width : int
+        Expert support (11 x 11).
+
+    Returns
+    -------
+    (v, w·w, 1 + height·width) float32
+        Row ``y·w + x``: the window whose top-left corner is ``(x, y)``,
+        flattened column-major, mean-subtracted and scaled to unit L2 norm
+        (a zero norm is treated as 1).
+    """
+    v, a_h, a_w = areas.shape
+    rh, rw = a_h - height + 1, a_w - width + 1
+    win = sliding_window_view(areas.astype(dtype, copy=False), (height, width), axis=(1, 2))
+    # (v, rh, rw, height, width) -> column-major flattening of each window
+    cols = win.transpose(0, 1, 2, 4, 3).reshape(v, rh * rw, height * width)
+    mean = cols.sum(axis=2, dtype=dtype, keepdims=True) / dtype(height * width)
+    centred = cols - mean
+    norm = np.sqrt(np.einsum("vbk,vbk->vb", centred, centred, dtype=dtype))[..., None]
+    norm[norm == 0] = 1
+    out = np.empty((v, rh * rw, 1 + height * width), dtype)
+    out[..., 0] = 1
+    np.multiply(centred, (1.0 / norm.astype(np.float64)).astype(dtype), out=out[..., 1:])
+    return out
+
+
+def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
+    """Sum over neurons of ``2·alpha·sigmoid(w·x + b)`` for every visible landmark.
+
+    Parameters
+    ----------
+    bank : ExpertBank
+    areas : (v, A, A) float32
+        Areas of interest of ``bank.landmarks``, in that order.
+
+    Returns
+    -------
+    (v, w, w) float32
+    """
+    v, a_h, a_w = areas.shape
+    rh, rw = a_h - bank.height + 1, a_w - bank.width + 1
+    dtype = np.float64 if "float64" in faults else np.float32
+    cols = im2col_normalised(areas, bank.height, bank.width, dtype)
+    weights = bank.weights.astype(dtype, copy=False)
+    # One batched GEMM: (v, w², 1+hw) @ (v, 1+hw, k) -> (v, w², k)
+    act = np.matmul(cols, weights.transpose(0, 2, 1))
+    two_alpha = bank.two_alpha
+    if "sigmoid-no-double-alpha" in faults:
+        two_alpha = two_alpha / 2.0
+    # exp of the float activation, then the term in double, added to the float map
+    # neuron by neuron: OpenFace's arithmetic (float32 vs float64 exp measured equal here).
+    terms = two_alpha[:, None, :] / (1.0 + np.exp(-act).astype(np.float64))
+    acc = np.zeros((v, rh * rw), dtype)
+    for j in range(terms.shape[2]):
+        acc = (acc + terms[:, :, j]).astype(dtype)
+    return acc.reshape(v, rh, rw)
+
+
+def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
+    """``Sigma @ vec(raw)`` per landmark, row-major vectorisation.
+
+    Parameters
+    ----------
+    raw : (v, w, w) float32
+
+    Returns
+    -------
+    (v, w, w) float32
+    """
+    v, h, w = raw.shape
+    if "skip-sigma" in faults:
+        return raw.copy()
+    sig = bank.sigma(h)
+    if raw.dtype != np.float32:
+        sig = sig.astype(raw.dtype)
+    vec = raw.transpose(0, 2, 1) if "transpose-sigma" in faults else raw
+    out = np.matmul(sig, vec.reshape(v, h * w, 1)).reshape(v, h, w)
+    return out.transpose(0, 2, 1).copy() if "transpose-sigma" in faults else out
+
+
+def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
+    """Shift each map up by its minimum when that minimum is negative; nothing else.
+
+    Parameters
+    ----------
+    sigma_maps : (v, w, w) float32
+
+    Returns
+    -------
+    (v, w, w) float32
+    """
+    if "clip-instead-of-shift" in faults:
+        out = np.maximum(sigma_maps, 0)
+    else:
+        mins = sigma_maps.min(axis=(1, 2), keepdims=True)
+        out = np.where(mins < 0, sigma_maps - mins, sigma_maps)
+    if "normalize-response" in faults:
+        peak = out.max(axis=(1, 2), keepdims=True)
+        out = out / np.where(peak > 0, peak, 1)
+    return out.astype(sigma_maps.dtype, copy=False)
+
+
+class PatchExperts:
+    """CCNF experts of a CLNF model, per scale and view, with cached banks and Sigmas."""
+
+    def __init__(self, scales: list[CCNFScale]):
+        self.scales = scales
+        self._banks: dict[tuple[int, int], ExpertBank] = {}
+
+    @property
+    def patch_scales(self) -> list[float]:
+        return [s.patch_scaling for s in self.scales]
+
+    def bank(self, scale: int, view: int) -> ExpertBank:
+        key = (scale, view)
+        b = self._banks.get(key)
+        if b is None:
+            b = self._banks[key] = ExpertBank(self.scales[scale], view)
+        return b
+
+    def view_index(self, params_global: np.ndarray, scale: int) -> int:
+        """Closest view centre to the current (pitch, yaw, roll), in float32 as OpenFace."""
+        rot = np.asarray(params_global, np.float32)[1:4]
+        d = rot[None, :] - self.scales[scale].centers.astype(np.float32)
+        dist = np.einsum("vk,vk->v", d, d, dtype=np.float32)
+        return int(np.argmin(dist))  # first minimum wins, as OpenFace's strict '<'
+
+    def support(self, scale: int, view: int) -> tuple[int, int]:
+        b = self.bank(scale, view)
+        return b.height, b.width
+
+    def responses(self, areas: np.ndarray, scale: int, view: int,
+                  faults: frozenset[str] = NO_FAULTS) -> ResponseStages:
+        """All three response stages for the visible landmarks of (scale, view).
+
+        Parameters
+        ----------
+        areas : (v, A, A) or (n, A, A) float32
+            Areas of interest for the bank's visible landmarks, or for all n
+            landmarks (then the visible ones are picked).
+        """
+        bank = self.bank(scale, view)
+        if areas.shape[0] != len(bank.landmarks):
+            areas = areas[bank.landmarks]
+        raw = raw_response(bank, areas, faults)
+        sig = sigma_response(bank, raw, faults)
+        resp = shift_response(sig, faults)
+        return ResponseStages(bank.landmarks, raw, sig, resp)

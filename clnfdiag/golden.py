@@ -1,0 +1,701 @@
+"""Read, validate and write golden cases in the ``clnfdiag-golden/1`` format.
+
+A case is a folder (see ``../shared/golden/FORMAT.md``)::
+
+    <case>/
+      manifest.json   what was run and what every array means
+      image.png       the exact input (BGR when read with cv2.imread)
+      stages.npz      every captured array, keyed like ``pass0/rigid/iter03/shape``
+
+Every problem with a case is raised as :class:`~clnfdiag.errors.GoldenError`
+whose one-line message names the file and, where it applies, the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import zipfile
+import zlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from .errors import GoldenError
+
+FORMAT = "clnfdiag-golden/1"
+MANIFEST = "manifest.json"
+IMAGE = "image.png"
+STAGES = "stages.npz"
+
+#: Top-level manifest keys every case must have (``producer``, ``model`` and
+#: the C++ dumps' ``layout``/``bbox_convention`` are descriptive only).
+REQUIRED_KEYS = ("format", "case", "image", "bbox", "preset", "parameters", "result", "stages")
+
+#: Phases in the order OpenFace runs them inside a pass.
+PHASE_ORDER = ("rigid", "nonrigid")
+
+_PASS_RE = re.compile(r"^pass(\d+)/")
+_ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/")
+
+# Errors numpy / zipfile / zlib raise on a truncated or corrupted archive or member.
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+
+
+# --------------------------------------------------------------------------- meanings
+
+class StageMeanings:
+    """One-line meaning of a stage key, looked up by glob pattern.
+
+    Patterns use ``*`` for one key component part (it never crosses ``/``),
+    so ``pass*/response`` matches ``pass0/response`` but not
+    ``pass0/response_raw``. The first matching pattern wins.
+
+    Parameters
+    ----------
+    patterns : sequence of (str, str)
+        ``(pattern, meaning)`` pairs.
+    """
+
+    def __init__(self, patterns: tuple[tuple[str, str], ...]):
+        self.patterns = patterns
+        self._compiled = [(self._compile(p), m) for p, m in patterns]
+
+    @staticmethod
+    def _compile(pattern: str) -> re.Pattern[str]:
+        return re.compile("^" + re.escape(pattern).replace(r"\*", "[^/]*") + "$")
+
+    def get(self, key: str, default: str | None = None) -> str | None:
+        """Meaning of ``key``, or ``default`` when no pattern matches."""
+        for rx, meaning in self._compiled:
+            if rx.match(key):
+                return meaning
+        return default
+
+    def __getitem__(self, key: str) -> str:
+        meaning = self.get(key)
+        if meaning is None:
+            raise KeyError(key)
+        return meaning
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key) is not None
+
+
+# Taken from the stages table of FORMAT.md (one line each).
+STAGE_MEANINGS = StageMeanings((
+    ("input/gray", "(H, W) uint8 grayscale image the fitter sees (OpenFace's BGR->gray conversion)"),
+    ("init/params_global", "(6,) global params from the bbox: [scale, rot_x, rot_y, rot_z, t_x, t_y]"),
+    ("init/params_local", "(34,) non-rigid PDM params at start (zeros)"),
+    ("init/shape", "(68, 2) initial landmarks (x, y)"),
+    ("pass*/window_size", "response window size (ws) of this pass"),
+    ("pass*/scale_index", "index into the patch scales [0.25, 0.35, 0.5]"),
+    ("pass*/view_id", "patch-expert view chosen from the current rotation"),
+    ("pass*/visibilities", "(68,) 1 where a patch expert exists in this view"),
+    ("pass*/params_global_in", "(6,) global params entering the pass"),
+    ("pass*/params_local_in", "(34,) local params entering the pass"),
+    ("pass*/landmarks_at_response", "(68, 2) landmarks around which responses are computed"),
+    ("pass*/reference_shape", "(68, 2) shape at the patch scale, no rotation or translation"),
+    ("pass*/sim_img_to_ref", "(2, 2) similarity, image -> reference frame"),
+    ("pass*/sim_ref_to_img", "(2, 2) similarity, reference -> image frame"),
+    ("pass*/reg_factor", "regularisation factor used in this pass (after refine_parameters adaptation)"),
+    ("pass*/sigma", "KDE sigma used in this pass (after refine_parameters adaptation)"),
+    ("pass*/weight_factor", "NU-RLMS weight factor used in this pass (after refine_parameters adaptation)"),
+    ("pass*/area_of_interest", "(68, A, A) float32 image region each expert sees, warped to the reference "
+                               "frame; A = window + patch - 1; zeros where invisible"),
+    ("pass*/response_raw", "(68, w, w) raw: sum over neurons of 2*alpha*sigmoid(...), before Sigma"),
+    ("pass*/response_sigma", "(68, w, w) post-Sigma: Sigma @ vec(raw) reshaped row-major, before the shift"),
+    ("pass*/response", "(68, w, w) post-shift (final): post-Sigma minus its minimum when that minimum "
+                       "is negative; nothing else"),
+    ("pass*/*/weights", "(136,) diagonal of the NU-RLMS weight matrix (x rows, then y rows)"),
+    ("pass*/*/n_updates", "parameter updates done in the phase"),
+    ("pass*/*/iter*/shape", "(68, 2) landmarks at the start of this iteration"),
+    ("pass*/*/iter*/shape_change_norm", "|shape - previous shape| (136-vector); < 0.01 ends the phase "
+                                        "before an update (present from iteration 1)"),
+    ("pass*/*/iter*/dxs", "(68,) landmark x position inside the response window (reference frame)"),
+    ("pass*/*/iter*/dys", "(68,) landmark y position inside the response window (reference frame)"),
+    ("pass*/*/iter*/mean_shifts_ref", "(68, 2) KDE mean-shift, reference frame"),
+    ("pass*/*/iter*/mean_shifts", "(68, 2) mean-shift in the image frame, invisible landmarks zeroed"),
+    ("pass*/*/iter*/jacobian", "(136, 6) or (136, 40) Jacobian (rigid or full), rows x0..x67 then y0..y67"),
+    ("pass*/*/iter*/param_update", "(6,) or (40,) solved update delta p"),
+    ("pass*/*/iter*/params_global", "(6,) global params after update and clamping"),
+    ("pass*/*/iter*/params_local", "(34,) local params after update and clamping"),
+    ("pass*/*/final_global", "(6,) global params at the end of the phase"),
+    ("pass*/*/final_local", "(34,) local params at the end of the phase"),
+    ("pass*/landmark_likelihoods", "(68,) per-landmark KDE likelihood (last pass only)"),
+    ("final/landmarks", "(68, 2) final landmarks (x, y)"),
+    ("final/params_global", "(6,) final global params"),
+    ("final/params_local", "(34,) final local params"),
+    ("final/likelihood", "model likelihood"),
+    ("final/landmark_likelihoods", "(68,) per-landmark likelihood"),
+    ("final/success", "1 if the fit reported success"),
+    ("hierarchical/landmarks_before", "(68, 2) main-model landmarks before hierarchical refinement"),
+    ("hierarchical/parts_used", "1 if the part models ran (face global scale > 0.9 x the part's patch scale)"),
+    ("hierarchical/*/landmarks", "(n, 2) landmarks of this part model after its own fit"),
+    ("hierarchical/*/params_global", "global params of this part model"),
+    ("hierarchical/*/params_local", "local params of this part model"),
+))
+
+
+def stage_meaning(key: str) -> str | None:
+    """One-line meaning of a stage key from FORMAT.md, or None if the key is not documented."""
+    return STAGE_MEANINGS.get(key)
+
+
+# --------------------------------------------------------------------------- reading
+
+class _Stages(Mapping):
+    """Read-only mapping key -> array over one stages.npz, opened on first use.
+
+    Arrays are decompressed on first access and cached, because comparators
+    read the same stage several times.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._npz: np.lib.npyio.NpzFile | None = None
+        self._cache: dict[str, np.ndarray] = {}
+
+    def _open(self) -> np.lib.npyio.NpzFile:
+        if self._npz is None:
+            if not self.path.is_file():
+                raise GoldenError("missing", self.path)
+            try:
+                # allow_pickle=False: a golden holds plain numeric arrays only.
+                npz = np.load(self.path, allow_pickle=False)
+            except _NPZ_ERRORS as exc:
+                raise GoldenError(f"not a valid .npz archive ({exc})", self.path) from None
+            if not isinstance(npz, np.lib.npyio.NpzFile):
+                raise GoldenError("not a .npz archive (a single .npy array)", self.path)
+            self._npz = npz
+        return self._npz
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._cache:
+            npz = self._open()
+            if key not in npz.files:
+                raise GoldenError("no such stage", self.path, key)
+            try:
+                self._cache[key] = npz[key]
+            except _NPZ_ERRORS as exc:
+                raise GoldenError(f"cannot read array ({exc})", self.path, key) from None
+        return self._cache[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._open().files)
+
+    def __len__(self) -> int:
+        return len(self._open().files)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._open().files
+
+    def close(self) -> None:
+        if self._npz is not None:
+            self._npz.close()
+            self._npz = None
+
+
+@dataclass
+class GoldenCase:
+    """One golden case folder, with its stages read lazily.
+
+    Attributes
+    ----------
+    path : Path
+        The case folder.
+    manifest : dict
+        Parsed manifest.json.
+    case_id : str
+        ``manifest["case"]``.
+    bbox : tuple of 4 float
+        ``(x, y, width, height)`` given to the fitter, pixels.
+    preset : str
+        ``"default"`` or ``"wild"``.
+    parameters : dict
+        Every fitting parameter used (``window_sizes_init``, ``sigma`` ...).
+    image_path : Path
+        The input image (``image.png``).
+    stages : Mapping[str, numpy.ndarray]
+        All arrays of stages.npz; the archive is opened once, each array is
+        decompressed on first access.
+    """
+
+    path: Path
+    manifest: dict
+    case_id: str
+    bbox: tuple[float, float, float, float]
+    preset: str
+    parameters: dict
+    image_path: Path
+    stages: _Stages = field(repr=False)
+
+    # ---- stages
+    def stage(self, key: str) -> np.ndarray:
+        """Array stored under ``key`` (GoldenError naming stages.npz and the key if absent)."""
+        return self.stages[key]
+
+    def keys(self) -> list[str]:
+        """Stage keys in manifest order (execution order of the producer)."""
+        return list(self.manifest["stages"])
+
+    def has(self, key: str) -> bool:
+        """True if the case holds stage ``key``."""
+        return key in self.manifest["stages"]
+
+    def close(self) -> None:
+        """Release stages.npz (arrays already read stay available)."""
+        self.stages.close()
+
+    def __enter__(self) -> "GoldenCase":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- image
+    def load_image(self) -> np.ndarray:
+        """The input image as the fitter reads it.
+
+        Returns
+        -------
+        numpy.ndarray
+            (H, W, 3) uint8, BGR (``cv2.imread`` default flags).
+        """
+        img = cv2.imread(str(self.image_path))
+        if img is None:
+            raise GoldenError("cannot be read as an image", self.image_path)
+        return img
+
+    # ---- structure of the fit, derived from the key names
+    @property
+    def is_hierarchical(self) -> bool:
+        """True if the case was made with hierarchical part-model refinement."""
+        return bool(self.parameters.get("refine_hierarchical")) or any(
+            k.startswith("hierarchical/") for k in self.manifest["stages"])
+
+    @property
+    def n_passes(self) -> int:
+        """Number of window-size passes run (``pass0`` .. ``pass{n-1}``)."""
+        found = {int(m.group(1)) for k in self.manifest["stages"] if (m := _PASS_RE.match(k))}
+        return max(found) + 1 if found else 0
+
+    def phases(self, pass_index: int) -> list[tuple[str, int, int]]:
+        """Phases of one pass in run order.
+
+        Returns
+        -------
+        list of (str, int, int)
+            ``(phase, n_iterations_entered, n_updates)``; an iteration that
+            stopped on the shape-change threshold counts as entered, not as
+            an update. ``n_updates`` is -1 if the case lacks ``.../n_updates``.
+        """
+        entered: dict[str, set[int]] = {}
+        for key in self.manifest["stages"]:
+            m = _ITER_RE.match(key)
+            if m and int(m.group(1)) == pass_index:
+                entered.setdefault(m.group(2), set()).add(int(m.group(3)))
+        for key in self.manifest["stages"]:
+            # A phase with zero iterations still has its weights / n_updates.
+            parts = key.split("/")
+            if len(parts) == 3 and parts[0] == f"pass{pass_index}" and parts[2] == "n_updates":
+                entered.setdefault(parts[1], set())
+        order = sorted(entered, key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p))
+        out = []
+        for phase in order:
+            key = f"pass{pass_index}/{phase}/n_updates"
+            n_updates = int(self.stage(key)) if self.has(key) else -1
+            out.append((phase, len(entered[phase]), n_updates))
+        return out
+
+    def iterations(self, pass_index: int, phase: str) -> list[int]:
+        """Sorted iteration indices present for ``pass{pass_index}/{phase}``."""
+        found = set()
+        for key in self.manifest["stages"]:
+            m = _ITER_RE.match(key)
+            if m and int(m.group(1)) == pass_index and m.group(2) == phase:
+                found.add(int(m.group(3)))
+        return sorted(found)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_manifest(case_dir: Path) -> dict:
+    path = case_dir / MANIFEST
+    if not path.is_file():
+        raise GoldenError("missing", path)
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise GoldenError(f"not UTF-8 text ({exc.reason})", path) from None
+    except json.JSONDecodeError as exc:
+        raise GoldenError(f"invalid JSON: {exc.msg}", path, f"line {exc.lineno}, column {exc.colno}") from None
+    if not isinstance(manifest, dict):
+        raise GoldenError("top level is not a JSON object", path)
+    _check_manifest(manifest, path)
+    return manifest
+
+
+def _check_manifest(m: dict, path: Path) -> None:
+    """Structure checks on the keys GoldenCase relies on (GoldenError naming the key)."""
+    for key in REQUIRED_KEYS:
+        if key not in m:
+            raise GoldenError("required key missing", path, key)
+    if m["format"] != FORMAT:
+        raise GoldenError(f"unsupported format {m['format']!r}, expected {FORMAT!r}", path, "format")
+    if not isinstance(m["case"], str) or not m["case"]:
+        raise GoldenError("must be a non-empty string", path, "case")
+    image = m["image"]
+    if not isinstance(image, dict):
+        raise GoldenError("must be an object", path, "image")
+    for sub in ("file", "sha256"):
+        if not isinstance(image.get(sub), str) or not image[sub]:
+            raise GoldenError("must be a non-empty string", path, f"image.{sub}")
+    bbox = m["bbox"]
+    if (not isinstance(bbox, list) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+        raise GoldenError("must be 4 finite numbers [x, y, width, height]", path, "bbox")
+    if not isinstance(m["preset"], str):
+        raise GoldenError("must be a string", path, "preset")
+    for key in ("parameters", "result", "stages"):
+        if not isinstance(m[key], dict):
+            raise GoldenError("must be an object", path, key)
+    for key, entry in m["stages"].items():
+        _check_stage_entry(key, entry, path)
+
+
+def _check_stage_entry(key: str, entry: Any, path: Path) -> None:
+    where = f"stages.{key}"
+    if not isinstance(entry, dict):
+        raise GoldenError("must be an object with shape and dtype", path, where)
+    shape = entry.get("shape")
+    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise GoldenError("shape must be a list of non-negative integers", path, where)
+    try:
+        np.dtype(entry.get("dtype"))
+    except TypeError:
+        raise GoldenError(f"unknown dtype {entry.get('dtype')!r}", path, where) from None
+    if not isinstance(entry.get("dtype"), str):
+        raise GoldenError("dtype must be a string", path, where)
+
+
+def _check_image(case_dir: Path, manifest: dict) -> Path:
+    image_path = case_dir / manifest["image"]["file"]
+    if not image_path.is_file():
+        raise GoldenError("missing", image_path)
+    expected = manifest["image"]["sha256"].lower()
+    found = _sha256(image_path)
+    if found != expected:
+        raise GoldenError(f"SHA-256 mismatch: expected {expected}, found {found}", image_path)
+    return image_path
+
+
+def _verify_stages(case: GoldenCase) -> None:
+    """Every npz array matches its manifest entry: same key set, shape, dtype; floats finite."""
+    npz_path = case.stages.path
+    described = case.manifest["stages"]
+    stored = set(case.stages)
+    for key in described:
+        if key not in stored:
+            raise GoldenError("described in manifest.json but missing", npz_path, key)
+    for key in case.stages:
+        if key not in described:
+            raise GoldenError("not described in manifest.json", npz_path, key)
+    for key, entry in described.items():
+        arr = case.stage(key)
+        shape = tuple(entry["shape"])
+        if arr.shape != shape:
+            raise GoldenError(f"shape mismatch: expected {shape}, found {arr.shape}", npz_path, key)
+        if arr.dtype != np.dtype(entry["dtype"]):
+            raise GoldenError(f"dtype mismatch: expected {entry['dtype']}, found {arr.dtype}", npz_path, key)
+        _check_finite(arr, npz_path, key)
+    _check_gray_matches_image(case)
+
+
+def _check_finite(arr: np.ndarray, path: Path, key: str) -> None:
+    if arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+        n_bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
+        raise GoldenError(f"{n_bad} NaN/inf value(s)", path, key)
+
+
+def _check_gray_matches_image(case: GoldenCase) -> None:
+    # The manifest's image size and the fitter's gray image must agree; a
+    # mismatch means image.png and stages.npz come from different runs.
+    image = case.manifest["image"]
+    if not case.has("input/gray") or "width" not in image or "height" not in image:
+        return
+    h, w = case.manifest["stages"]["input/gray"]["shape"][:2]
+    if (w, h) != (image["width"], image["height"]):
+        raise GoldenError(f"input/gray is {w}x{h} but image is {image['width']}x{image['height']}",
+                          case.path / MANIFEST, "image")
+
+
+def read_case(path: str | os.PathLike, verify: bool = True) -> GoldenCase:
+    """Open a golden case folder.
+
+    Always checked: manifest.json (valid JSON, required keys, format),
+    the image (exists, SHA-256 as in the manifest) and that stages.npz is a
+    readable archive. With ``verify``, every array is also read and checked
+    against its manifest entry (key sets equal, shape, dtype, no NaN/inf).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        The case folder (or its manifest.json).
+    verify : bool
+        Check every array (reads the whole npz; about 0.1 s per case).
+
+    Returns
+    -------
+    GoldenCase
+
+    Raises
+    ------
+    GoldenError
+        One line naming the file and the key of the first problem found.
+    """
+    case_dir = Path(path)
+    if case_dir.name == MANIFEST and case_dir.is_file():
+        case_dir = case_dir.parent
+    if not case_dir.is_dir():
+        raise GoldenError("not a folder", case_dir)
+    manifest = _load_manifest(case_dir)
+    image_path = _check_image(case_dir, manifest)
+    stages = _Stages(case_dir / STAGES)
+    stages._open()  # missing or corrupt archive is reported now, not at first use
+    case = GoldenCase(
+        path=case_dir,
+        manifest=manifest,
+        case_id=manifest["case"],
+        bbox=tuple(float(v) for v in manifest["bbox"]),
+        preset=manifest["preset"],
+        parameters=manifest["parameters"],
+        image_path=image_path,
+        stages=stages,
+    )
+    if verify:
+        _verify_stages(case)
+    return case
+
+
+def find_cases(paths: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """Case folders named by ``paths``.
+
+    Parameters
+    ----------
+    paths : path or list of paths
+        Each is a case folder (holds manifest.json), a case's manifest.json,
+        or a folder whose sub-folders are cases (``golden/``).
+
+    Returns
+    -------
+    list of Path
+        Sorted, without duplicates.
+
+    Raises
+    ------
+    GoldenError
+        A path that is none of the above.
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    found: set[Path] = set()
+    for p in map(Path, paths):
+        if p.is_file() and p.name == MANIFEST:
+            found.add(p.parent)
+        elif (p / MANIFEST).is_file():
+            found.add(p)
+        elif p.is_dir():
+            cases = {sub for sub in p.iterdir() if (sub / MANIFEST).is_file()}
+            if not cases:
+                raise GoldenError("not a golden case and holds no case folders (no manifest.json)", p)
+            found |= cases
+        else:
+            raise GoldenError("no such case or folder", p)
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- writing
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars/arrays reach the manifest through parameters and result.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _replace_atomically(tmp: Path, final: Path) -> None:
+    os.replace(tmp, final)
+
+
+def _write_image(case_dir: Path, image: np.ndarray | str | os.PathLike) -> tuple[Path, np.ndarray]:
+    """Write image.png; returns its path and the decoded pixels (for width/height)."""
+    target = case_dir / IMAGE
+    tmp = case_dir / (IMAGE + ".tmp")
+    if isinstance(image, (str, os.PathLike)):
+        src = Path(image)
+        pixels = cv2.imread(str(src))
+        if pixels is None:
+            raise GoldenError("cannot be read as an image", src)
+        if src.suffix.lower() == ".png":
+            # Keep the exact bytes: the golden's SHA-256 is then the input's.
+            shutil.copyfile(src, tmp)
+        elif not cv2.imwrite(str(tmp) + ".png", pixels):
+            raise GoldenError("cannot write PNG", target)
+        else:
+            os.replace(str(tmp) + ".png", tmp)
+    else:
+        pixels = np.asarray(image)
+        if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
+            raise GoldenError(f"image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}", target)
+        # cv2 picks the codec from the extension, so encode in memory instead.
+        ok, buf = cv2.imencode(".png", pixels)
+        if not ok:
+            raise GoldenError("cannot encode PNG", target)
+        tmp.write_bytes(buf.tobytes())
+    _replace_atomically(tmp, target)
+    return target, pixels
+
+
+def _prepare_stages(stages: dict[str, Any], npz_path: Path) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    for key, value in stages.items():
+        if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
+            raise GoldenError("stage key must be a relative name like 'pass0/response'", npz_path, str(key))
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise GoldenError(f"unsupported dtype {arr.dtype} (numeric arrays only)", npz_path, key)
+        _check_finite(arr, npz_path, key)
+        arrays[key] = arr
+    return arrays
+
+
+def _write_npz(case_dir: Path, arrays: dict[str, np.ndarray]) -> Path:
+    target = case_dir / STAGES
+    tmp = case_dir / (STAGES + ".tmp")
+    with open(tmp, "wb") as f:  # a file object stops numpy appending ".npz"
+        np.savez_compressed(f, **arrays)
+    # Keys with '/' become zip sub-paths; make sure np.load gives them back unchanged.
+    with np.load(tmp, allow_pickle=False) as npz:
+        back = list(npz.files)
+    if back != list(arrays):
+        lost = sorted(set(arrays) - set(back))
+        tmp.unlink()
+        raise GoldenError(f"stage keys do not round-trip through .npz: {lost[:3]}", target)
+    _replace_atomically(tmp, target)
+    return target
+
+
+def write_case(
+    out_dir: str | os.PathLike,
+    case_id: str,
+    image_bgr_or_path: np.ndarray | str | os.PathLike,
+    bbox: tuple[float, float, float, float] | list[float],
+    preset: str,
+    parameters: dict,
+    stages: dict[str, np.ndarray],
+    result: dict,
+    producer: str,
+    model_files: dict[str, str] | None = None,
+    meanings: dict[str, str] | None = None,
+    *,
+    source: str = "",
+    model_root: str | None = None,
+) -> Path:
+    """Write a case folder ``out_dir/case_id`` in the ``clnfdiag-golden/1`` format.
+
+    Parameters
+    ----------
+    out_dir : path
+        Parent folder; the case goes to ``out_dir/case_id`` (the format
+        wants the folder name to be the case id). Existing files are replaced.
+    case_id : str
+        Case id, also the folder name.
+    image_bgr_or_path : numpy.ndarray or path
+        (H, W, 3) uint8 BGR or (H, W) uint8 pixels, written losslessly as
+        image.png; or an image file (a .png is copied byte for byte).
+    bbox : 4 floats
+        ``[x, y, width, height]`` given to the fitter.
+    preset : str
+        ``"default"`` or ``"wild"``.
+    parameters : dict
+        Fitting parameters (same names as the C++ goldens).
+    stages : dict[str, numpy.ndarray]
+        Stage arrays (e.g. ``Recorder.stages``), keys like ``pass0/response``;
+        stored in this order. Numeric and finite only.
+    result : dict
+        ``success``, ``likelihood``, ``phases`` as in the C++ goldens.
+    producer : str
+        What made the dump (program, version, dtype).
+    model_files : dict[str, str], optional
+        Model file path (relative to ``model_root``) -> SHA-256.
+    meanings : dict[str, str], optional
+        Meanings overriding :data:`STAGE_MEANINGS` for some keys.
+    source : str, optional
+        Where the picture comes from.
+    model_root : str, optional
+        Folder the model file paths are relative to.
+
+    Returns
+    -------
+    Path
+        The case folder; :func:`read_case` accepts it.
+    """
+    if not isinstance(case_id, str) or not case_id or "/" in case_id or case_id in (".", ".."):
+        raise GoldenError("case id must be a plain folder name", out_dir, repr(case_id))
+    case_dir = Path(out_dir) / case_id
+    case_dir.mkdir(parents=True, exist_ok=True)
+    arrays = _prepare_stages(stages, case_dir / STAGES)
+    bbox_list = [float(v) for v in bbox]
+    if len(bbox_list) != 4 or not all(math.isfinite(v) for v in bbox_list):
+        raise GoldenError("bbox must be 4 finite numbers [x, y, width, height]", case_dir / MANIFEST, "bbox")
+
+    image_path, pixels = _write_image(case_dir, image_bgr_or_path)
+    _write_npz(case_dir, arrays)
+    meanings = meanings or {}
+    manifest = {
+        "format": FORMAT,
+        "case": case_id,
+        "producer": producer,
+        "image": {
+            "file": IMAGE,
+            "sha256": _sha256(image_path),
+            "width": int(pixels.shape[1]),
+            "height": int(pixels.shape[0]),
+            "source": source,
+        },
+        "bbox": bbox_list,
+        "preset": preset,
+        "parameters": parameters,
+        "model": {"root": model_root, "files": dict(model_files or {})},
+        "result": result,
+        "stages": {
+            key: {
+                "shape": list(arr.shape),
+                "dtype": str(arr.dtype),
+                "meaning": meanings.get(key) or STAGE_MEANINGS.get(key, "not described in FORMAT.md"),
+            }
+            for key, arr in arrays.items()
+        },
+    }
+    tmp = case_dir / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    _replace_atomically(tmp, case_dir / MANIFEST)
+    return case_dir

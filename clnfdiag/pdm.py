@@ -1,0 +1,443 @@
+"""OpenFace 2.x point distribution model (``LandmarkDetector::PDM``) in numpy.
+
+Parameter conventions are OpenFace's:
+
+* ``params_global`` : (6,) float32 ``[scale, pitch, yaw, roll, t_x, t_y]``;
+* ``params_local``  : (m,) float32 non-rigid weights of the principal components;
+* a 2D shape is returned as ``(n, 2)`` with columns ``(x, y)``;
+* Jacobian rows are ``x0..x(n-1)`` then ``y0..y(n-1)`` and columns
+  ``[scale, pitch, yaw, roll, t_x, t_y, mode0..mode(m-1)]``.
+
+OpenFace 2.x keeps the model and every per-fit quantity in float32 (``cv::Mat_<float>``,
+``cv::Vec6f``, ``cv::Matx33f``); the functions here do the same and switch to float64 only
+where the C++ does (``cv::minMaxLoc`` results, ``cv::Rodrigues``, OpenCV's Cholesky
+accumulators, ``cv::norm``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .models.pdm_file import PDMData, read_pdm
+from .rotation import (axis_angle_to_euler, euler_to_rotation_matrix, orthonormalise,
+                       rotation_matrix_to_axis_angle)
+
+F32 = np.float32
+
+#: Number of standard deviations each non-rigid parameter may reach (``PDM::Clamp``).
+N_SIGMAS = 3.0
+
+
+def _as_f32(a, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    out = np.asarray(a, dtype=F32)
+    return out.reshape(shape) if shape is not None else out
+
+
+class PDM:
+    """OpenFace's 3D point distribution model with weak-perspective projection.
+
+    Parameters
+    ----------
+    data : PDMData
+        Mean shape (3n,), principal components (3n, m) and eigenvalues (m,), float32.
+    """
+
+    def __init__(self, data: PDMData):
+        self.data = data
+        self.mean_shape = _as_f32(data.mean_shape)
+        self.princ_comp = _as_f32(data.princ_comp)
+        self.eigen_values = _as_f32(data.eigen_values)
+        n = self.n_points
+        # (3, n) and (3, n, m) views: one row per coordinate, so the x/y/z blocks of
+        # OpenFace's stacked column vectors can be used without index arithmetic.
+        self._mean_xyz = self.mean_shape.reshape(3, n)
+        self._pc_xyz = self.princ_comp.reshape(3, n, self.n_modes)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PDM":
+        """Read an OpenFace PDM text file (see :func:`read_pdm`)."""
+        return cls(read_pdm(path))
+
+    @property
+    def n_points(self) -> int:
+        return self.mean_shape.shape[0] // 3
+
+    @property
+    def n_modes(self) -> int:
+        return self.princ_comp.shape[1]
+
+    def zero_local(self) -> np.ndarray:
+        """(m,) float32 zeros: the local parameters of the mean shape."""
+        return np.zeros(self.n_modes, dtype=F32)
+
+    # ------------------------------------------------------------------ shapes
+    def calc_shape_3d(self, params_local=None) -> np.ndarray:
+        """3D shape in model space: ``mean + princ_comp @ params_local``.
+
+        Parameters
+        ----------
+        params_local : array_like, (m,), optional
+            Zeros when omitted.
+
+        Returns
+        -------
+        (n, 3) float32
+            Columns ``(X, Y, Z)``.
+        """
+        return self._shape_3d_xyz(params_local).T.copy()
+
+    def _shape_3d_xyz(self, params_local) -> np.ndarray:
+        """(3, n) float32 rows ``X, Y, Z`` (OpenFace's sgemm in float32)."""
+        if params_local is None:
+            return self._mean_xyz.copy()
+        p = _as_f32(params_local, (self.n_modes,))
+        return self._mean_xyz + self._pc_xyz @ p
+
+    def calc_shape_2d(self, params_local, params_global) -> np.ndarray:
+        """Image-space landmarks by weak perspective (``PDM::CalcShape2D``).
+
+        ``x = s * (R[0] . X) + t_x``, ``y = s * (R[1] . X) + t_y``.
+
+        Parameters
+        ----------
+        params_local : array_like, (m,)
+        params_global : array_like, (6,)
+
+        Returns
+        -------
+        (n, 2) float32
+        """
+        g = _as_f32(params_global, (6,))
+        return _project(self._shape_3d_xyz(params_local), g).T.copy()
+
+    def calc_bounding_box(self, params_global, params_local=None) -> np.ndarray:
+        """Extent of the projected shape (``PDM::CalcBoundingBox``).
+
+        Returns
+        -------
+        (4,) float32
+            ``[min_x, min_y, width, height]``.
+        """
+        shape = self.calc_shape_2d(params_local, params_global)
+        lo, hi = shape.min(axis=0), shape.max(axis=0)
+        return np.array([lo[0], lo[1], np.abs(lo[0] - hi[0]), np.abs(lo[1] - hi[1])], dtype=F32)
+
+    # -------------------------------------------------------- initialisation
+    def calc_params_from_bbox(self, bbox_xywh, params_local=None,
+                              rotation=(0.0, 0.0, 0.0)) -> np.ndarray:
+        """Global parameters placing the shape's 2D extent on a box (``PDM::CalcParams``).
+
+        The scale is the mean of the width and height ratios; the translation centres
+        the rotated shape's extent on the box centre.
+
+        Parameters
+        ----------
+        bbox_xywh : array_like, (4,)
+            ``[x, y, width, height]``; cast to float32 (a ``cv::Rect_<float>``).
+        params_local : array_like, (m,), optional
+            Zeros when omitted.
+        rotation : array_like, (3,)
+            ``(pitch, yaw, roll)`` to place.
+
+        Returns
+        -------
+        (6,) float32
+        """
+        bx, by, bw, bh = _as_f32(bbox_xywh, (4,))
+        rot = _as_f32(rotation, (3,))
+        rotated = euler_to_rotation_matrix(rot) @ self._shape_3d_xyz(params_local)
+        # cv::minMaxLoc hands back doubles; the C++ keeps them as doubles below.
+        min_x, max_x = float(rotated[0].min()), float(rotated[0].max())
+        min_y, max_y = float(rotated[1].min()), float(rotated[1].max())
+        width, height = F32(abs(min_x - max_x)), F32(abs(min_y - max_y))
+        scaling = (bw / width + bh / height) / F32(2)
+        tx = bx + bw / F32(2)
+        ty = by + bh / F32(2)
+        # float - float * double: evaluated in double, then stored as float.
+        tx = F32(float(tx) - float(scaling) * (min_x + max_x) / 2.0)
+        ty = F32(float(ty) - float(scaling) * (min_y + max_y) / 2.0)
+        return np.array([scaling, rot[0], rot[1], rot[2], tx, ty], dtype=F32)
+
+    def calc_params_from_landmarks(self, landmarks, rotation=(0.0, 0.0, 0.0),
+                                   max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        """Fit global and local parameters to 2D landmarks (``PDM::CalcParams``, landmark form).
+
+        Gauss-Newton with Tikhonov regularisation ``1 / eigenvalue`` on the local
+        parameters, step damped by 0.75, stopping the third time the residual norm
+        fails to drop by 0.1 % (the counter is never reset), or after ``max_iter``.
+        Landmarks whose x coordinate is exactly 0 are treated as missing.
+
+        Parameters
+        ----------
+        landmarks : array_like, (n, 2)
+        rotation : array_like, (3,)
+            Initial ``(pitch, yaw, roll)``.
+        max_iter : int
+            Iteration cap (1000 in OpenFace).
+
+        Returns
+        -------
+        params_global : (6,) float32
+        params_local : (m,) float32
+        """
+        lm = _as_f32(landmarks, (self.n_points, 2))
+        visible = lm[:, 0] != 0
+        sub = self._subset(visible)
+        return sub._fit_landmarks(lm[visible], _as_f32(rotation, (3,)), max_iter)
+
+    def _subset(self, keep: np.ndarray) -> "PDM":
+        """Model restricted to the landmarks in ``keep`` (eigenvalues unchanged)."""
+        if np.all(keep):
+            return self
+        mean = self._mean_xyz[:, keep].reshape(-1)
+        pcs = self._pc_xyz[:, keep, :].reshape(-1, self.n_modes)
+        return PDM(PDMData(mean, pcs, self.eigen_values, self.data.path))
+
+    def _fit_landmarks(self, lm: np.ndarray, rotation: np.ndarray,
+                       max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+        target = np.concatenate([lm[:, 0], lm[:, 1]])
+        lo, hi = lm.min(axis=0), lm.max(axis=0)
+        width, height = np.abs(lo[0] - hi[0]), np.abs(lo[1] - hi[1])
+        model_box = self.calc_bounding_box(np.array([1, 0, 0, 0, 0, 0], dtype=F32))
+        scaling = (width / model_box[2] + height / model_box[3]) / F32(2)
+        centre = (lo + hi) / F32(2)
+        glob = np.array([scaling, *rotation, centre[0], centre[1]], dtype=F32)
+        loc = self.zero_local()
+        m = self.n_modes
+        reg = np.zeros(6 + m, dtype=F32)
+        reg[6:] = F32(1) / self.eigen_values
+
+        shape_xyz = self._shape_3d_xyz(loc)
+        curr_error = _norm(_stack_xy(_project(shape_xyz, glob)) - target)
+        not_improved = 0
+        for _ in range(max_iter):
+            shape_xyz = self._shape_3d_xyz(loc)
+            resid = target - _stack_xy(_project(shape_xyz, glob))
+            jac = self.jacobian(loc, glob)
+            rhs = _matmul_f64acc(jac.T, resid)
+            rhs[6:] -= reg[6:] * loc
+            hessian = jac.T @ jac + np.diag(reg)
+            delta = cholesky_solve(hessian, rhs) * F32(0.75)
+            loc, glob = self.update_parameters(delta, loc, glob)
+            # OpenFace measures the new error with the *previous* 3D shape (local
+            # parameters not re-applied): kept as is, it steers when the loop stops.
+            error = _norm(_stack_xy(_project(shape_xyz, glob)) - target)
+            if 0.999 * float(curr_error) < float(error):
+                not_improved += 1
+                if not_improved == 3:
+                    break
+            curr_error = error
+        return glob, loc
+
+    # ------------------------------------------------------------- Jacobians
+    def rigid_jacobian(self, params_local, params_global) -> np.ndarray:
+        """Jacobian of the 2D shape w.r.t. the global parameters (``ComputeRigidJacobian``).
+
+        Rotation columns are derivatives w.r.t. a small extra rotation applied on the
+        model side, ``R @ (I + [w]x)``, matching :meth:`update_parameters`.
+
+        Parameters
+        ----------
+        params_local : array_like, (m,)
+        params_global : array_like, (6,)
+
+        Returns
+        -------
+        (2n, 6) float32
+            Rows ``x0..x(n-1), y0..y(n-1)``; unweighted.
+        """
+        g = _as_f32(params_global, (6,))
+        return self._rigid_block(self._shape_3d_xyz(params_local), g)
+
+    def jacobian(self, params_local, params_global) -> np.ndarray:
+        """Jacobian w.r.t. global then local parameters (``ComputeJacobian``).
+
+        Returns
+        -------
+        (2n, 6 + m) float32
+            Rows ``x0..x(n-1), y0..y(n-1)``; unweighted.
+        """
+        g = _as_f32(params_global, (6,))
+        rigid = self._rigid_block(self._shape_3d_xyz(params_local), g)
+        rot = euler_to_rotation_matrix(g[1:4])
+        s = g[0]
+        vx, vy, vz = self._pc_xyz
+        nonrigid = np.concatenate([
+            s * (rot[0, 0] * vx + rot[0, 1] * vy + rot[0, 2] * vz),
+            s * (rot[1, 0] * vx + rot[1, 1] * vy + rot[1, 2] * vz),
+        ])
+        return np.concatenate([rigid, nonrigid], axis=1)
+
+    @staticmethod
+    def _rigid_block(xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
+        rot = euler_to_rotation_matrix(g[1:4])
+        s = g[0]
+        x, y, z = xyz
+        n = x.shape[0]
+        one, zero = np.ones(n, dtype=F32), np.zeros(n, dtype=F32)
+        cols = []
+        for row, (t_x, t_y) in ((rot[0], (one, zero)), (rot[1], (zero, one))):
+            r1, r2, r3 = row
+            cols.append(np.stack([
+                x * r1 + y * r2 + z * r3,
+                s * (y * r3 - z * r2),
+                -s * (x * r3 - z * r1),
+                s * (x * r2 - y * r1),
+                t_x, t_y,
+            ], axis=1))
+        return np.concatenate(cols).astype(F32, copy=False)
+
+    # ---------------------------------------------------------------- update
+    def update_parameters(self, delta_p, params_local,
+                          params_global) -> tuple[np.ndarray, np.ndarray]:
+        """Apply a parameter update (``PDM::UpdateModelParameters``).
+
+        Scale and translation are added. The rotation update ``(wx, wy, wz)`` builds
+        ``I + [w]x``, which is orthonormalised, composed on the right of the current
+        rotation, and turned back into Euler angles through axis-angle. Local
+        parameters are added when ``delta_p`` carries them.
+
+        Parameters
+        ----------
+        delta_p : array_like, (6,) or (6 + m,)
+        params_local : array_like, (m,)
+        params_global : array_like, (6,)
+
+        Returns
+        -------
+        params_local : (m,) float32
+            New array.
+        params_global : (6,) float32
+            New array; Euler angles are zeroed if the conversion gave NaN (OpenFace's
+            guard for degenerate rotations).
+        """
+        dp = _as_f32(delta_p).reshape(-1)
+        g = _as_f32(params_global, (6,)).copy()
+        loc = _as_f32(params_local, (self.n_modes,)).copy()
+        g[[0, 4, 5]] += dp[[0, 4, 5]]
+        wx, wy, wz = dp[1:4]
+        small = np.array([[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]], dtype=F32)
+        composed = _matmul33_f32(euler_to_rotation_matrix(g[1:4]), orthonormalise(small))
+        euler = axis_angle_to_euler(rotation_matrix_to_axis_angle(composed))
+        g[1:4] = 0 if np.any(np.isnan(euler)) else euler
+        if dp.shape[0] > 6:
+            loc = loc + dp[6:6 + self.n_modes]
+        return loc, g
+
+    def clamp(self, params_local, params_global, limit_pose: bool = True,
+              clip_rotations: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the parameters plausible (``PDM::Clamp``).
+
+        Each local parameter is clipped to ``+-3 sqrt(eigenvalue)``. In OpenFace 2.x the
+        pose limit that ``limit_pose`` used to switch on (rotations to ``+-pi/2``) is
+        commented out, so ``limit_pose`` has no effect and the global parameters come
+        back unchanged; ``clip_rotations=True`` applies that old limit (OpenFace 1.x
+        behaviour, not what the goldens were made with).
+
+        Parameters
+        ----------
+        params_local : array_like, (m,)
+        params_global : array_like, (6,)
+        limit_pose : bool
+            Accepted for parity with OpenFace's signature; ignored, as in 2.x.
+        clip_rotations : bool
+            Clip pitch, yaw and roll to ``[-pi/2, pi/2]`` when true.
+
+        Returns
+        -------
+        params_local : (m,) float32
+        params_global : (6,) float32
+            New arrays.
+        """
+        del limit_pose  # ignored by OpenFace 2.x as well
+        loc = _as_f32(params_local, (self.n_modes,)).copy()
+        g = _as_f32(params_global, (6,)).copy()
+        bound = F32(N_SIGMAS) * np.sqrt(self.eigen_values)
+        loc = np.where(np.abs(loc) > bound, np.copysign(bound, loc), loc).astype(F32)
+        if clip_rotations:
+            g[1:4] = np.clip(g[1:4], F32(-np.pi / 2), F32(np.pi / 2))
+        return loc, g
+
+
+# ---------------------------------------------------------------- helpers
+def _project(xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """(2, n) float32 weak-perspective projection of (3, n) model points."""
+    rot = euler_to_rotation_matrix(g[1:4])
+    s = g[0]
+    x, y, z = xyz
+    # Summed left to right and scaled before translating, like CalcShape2D.
+    px = s * (rot[0, 0] * x + rot[0, 1] * y + rot[0, 2] * z) + g[4]
+    py = s * (rot[1, 0] * x + rot[1, 1] * y + rot[1, 2] * z) + g[5]
+    return np.stack([px, py])
+
+
+def _stack_xy(xy: np.ndarray) -> np.ndarray:
+    """(2, n) -> (2n,) in OpenFace's ``x0..x(n-1), y0..y(n-1)`` order."""
+    return xy.reshape(-1)
+
+
+def _norm(v: np.ndarray) -> np.float32:
+    """``cv::norm`` of a float32 vector: accumulated in float64, stored as float."""
+    v64 = v.astype(np.float64)
+    return F32(np.sqrt(v64 @ v64))
+
+
+def _matmul_f64acc(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """float32 product accumulated in float64 (OpenCV's own gemm for float matrices)."""
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(F32)
+
+
+def _matmul33_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """3x3 float32 product summed in float32 in the order ``k = 0, 1, 2`` (``cv::Matx``)."""
+    return (a[:, 0:1] * b[0:1, :] + a[:, 1:2] * b[1:2, :] + a[:, 2:3] * b[2:3, :]).astype(F32)
+
+
+def cholesky_solve(a, b) -> np.ndarray:
+    """Solve ``a x = b`` for symmetric positive definite float32 ``a`` (``DECOMP_CHOLESKY``).
+
+    OpenCV stores the factor in float32 but accumulates every dot product in float64;
+    here the whole solve runs in float64 and the result is rounded once, which agrees
+    with OpenCV to float32 rounding.
+
+    Parameters
+    ----------
+    a : array_like, (k, k)
+    b : array_like, (k,) or (k, r)
+
+    Returns
+    -------
+    float32, shape of ``b``
+
+    Raises
+    ------
+    numpy.linalg.LinAlgError
+        ``a`` not positive definite.
+    """
+    a64 = np.asarray(a, dtype=F32).astype(np.float64)
+    b64 = np.asarray(b, dtype=F32).astype(np.float64)
+    low = np.linalg.cholesky(a64)
+    y = np.linalg.solve(low, b64)
+    return np.linalg.solve(low.T, y).astype(F32)
+
+
+def zero_invisible_rows(jac: np.ndarray, visibilities) -> np.ndarray:
+    """Copy of a (2n, k) Jacobian with the x and y rows of invisible landmarks zeroed.
+
+    OpenFace's NU-RLMS does this before forming ``J^T W J`` so that landmarks without
+    a patch expert in the current view do not pull on the fit.
+
+    Parameters
+    ----------
+    jac : (2n, k) array
+    visibilities : array_like, (n,)
+        Non-zero where the landmark is visible.
+
+    Returns
+    -------
+    (2n, k) array, same dtype as ``jac``
+    """
+    vis = np.asarray(visibilities).reshape(-1) != 0
+    out = np.array(jac, copy=True)
+    out[~np.concatenate([vis, vis])] = 0
+    return out

@@ -1,0 +1,182 @@
+"""Rotation conversions with OpenFace 2.x's numerics (``Utilities`` rotation helpers).
+
+Conventions follow OpenFace: Euler angles are ``(pitch, yaw, roll)`` = rotations about
+x, y, z, composed as ``R = Rx @ Ry @ Rz``. Euler <-> matrix conversions run in float32
+because OpenFace does them on ``cv::Matx33f`` / ``cv::Vec3f``; the axis-angle
+conversions go through ``cv::Rodrigues``, which works in float64 internally and only
+rounds its result to float32, so they are done in float64 here too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def euler_to_rotation_matrix(euler) -> np.ndarray:
+    """Rotation matrix from Euler angles, in float32 like ``Euler2RotationMatrix``.
+
+    Parameters
+    ----------
+    euler : array_like, (3,)
+        ``(pitch, yaw, roll)`` in radians; cast to float32.
+
+    Returns
+    -------
+    (3, 3) float32
+        ``Rx(pitch) @ Ry(yaw) @ Rz(roll)``.
+    """
+    e = np.asarray(euler, dtype=F32).reshape(3)
+    s1, s2, s3 = np.sin(e)
+    c1, c2, c3 = np.cos(e)
+    # Products grouped left to right as the C++ expressions are, so that float32
+    # rounding happens at the same places.
+    return np.array([
+        [c2 * c3, -c2 * s3, s2],
+        [c1 * s3 + c3 * s1 * s2, c1 * c3 - s1 * s2 * s3, -c2 * s1],
+        [s1 * s3 - c1 * c3 * s2, c3 * s1 + c1 * s2 * s3, c1 * c2],
+    ], dtype=F32)
+
+
+def rotation_matrix_to_euler(rot) -> np.ndarray:
+    """Euler angles of a rotation matrix through a quaternion, like ``RotationMatrix2Euler``.
+
+    Parameters
+    ----------
+    rot : array_like, (3, 3)
+        Rotation matrix; cast to float32.
+
+    Returns
+    -------
+    (3,) float32
+        ``(pitch, yaw, roll)``. The quaternion route is undefined for rotations of
+        180 degrees (``q0 = 0``): NaNs come out then, as in OpenFace.
+    """
+    r = np.asarray(rot, dtype=F32)
+    one, two, four = F32(1), F32(2), F32(4)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q0 = np.sqrt(one + r[0, 0] + r[1, 1] + r[2, 2]) / two
+        q1 = (r[2, 1] - r[1, 2]) / (four * q0)
+        q2 = (r[0, 2] - r[2, 0]) / (four * q0)
+        q3 = (r[1, 0] - r[0, 1]) / (four * q0)
+        # Rounding can push the sine of the yaw just past +-1.
+        t1 = np.clip(two * (q0 * q2 + q1 * q3), F32(-1), F32(1))
+        yaw = np.arcsin(t1)
+        pitch = np.arctan2(two * (q0 * q1 - q2 * q3), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3)
+        roll = np.arctan2(two * (q0 * q3 - q1 * q2), q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3)
+    return np.array([pitch, yaw, roll], dtype=F32)
+
+
+def axis_angle_to_rotation_matrix(axis_angle) -> np.ndarray:
+    """Rotation matrix of an axis-angle vector (``cv::Rodrigues`` vector -> matrix).
+
+    Parameters
+    ----------
+    axis_angle : array_like, (3,)
+        Rotation axis times angle (radians); cast to float32 first, as OpenFace
+        passes a ``cv::Vec3f``.
+
+    Returns
+    -------
+    (3, 3) float32
+        Computed in float64 and rounded once, as OpenCV does.
+    """
+    r = np.asarray(axis_angle, dtype=F32).reshape(3).astype(np.float64)
+    theta = float(np.sqrt(r @ r))
+    if theta < np.finfo(np.float64).eps:
+        return np.eye(3, dtype=F32)
+    c, s = np.cos(theta), np.sin(theta)
+    u = r / theta
+    skew = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
+    rot = c * np.eye(3) + (1.0 - c) * np.outer(u, u) + s * skew
+    return rot.astype(F32)
+
+
+def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
+    """Axis-angle vector of a rotation matrix (``cv::Rodrigues`` matrix -> vector).
+
+    Parameters
+    ----------
+    rot : array_like, (3, 3)
+        Approximately orthonormal matrix; cast to float32 first (OpenFace passes a
+        ``cv::Matx33f``).
+
+    Returns
+    -------
+    (3,) float32
+        OpenCV first replaces the matrix by its nearest rotation (``U @ Vt`` of its
+        SVD) and works in float64 throughout; only the result is rounded.
+    """
+    m = np.asarray(rot, dtype=F32).astype(np.float64)
+    if not np.all(np.abs(m) < 100.0):
+        # OpenCV's range check gives a zero vector for garbage input.
+        return np.zeros(3, dtype=F32)
+    u, _, vt = np.linalg.svd(m)
+    m = u @ vt
+    r = np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])
+    s = np.sqrt((r @ r) * 0.25)
+    c = min(max((m[0, 0] + m[1, 1] + m[2, 2] - 1.0) * 0.5, -1.0), 1.0)
+    theta = np.arccos(c)
+    if s >= 1e-5:
+        return (r * (theta / (2.0 * s))).astype(F32)
+    if c > 0:
+        return np.zeros(3, dtype=F32)
+    return _half_turn_axis(m, theta).astype(F32)
+
+
+def _half_turn_axis(m: np.ndarray, theta: float) -> np.ndarray:
+    """Axis-angle of a rotation by about 180 degrees, where the skew part vanishes.
+
+    The axis comes from the diagonal; signs are recovered from off-diagonal terms
+    the way OpenCV does it.
+    """
+    x = np.sqrt(max((m[0, 0] + 1.0) * 0.5, 0.0))
+    y = np.sqrt(max((m[1, 1] + 1.0) * 0.5, 0.0)) * (-1.0 if m[0, 1] < 0 else 1.0)
+    z = np.sqrt(max((m[2, 2] + 1.0) * 0.5, 0.0)) * (-1.0 if m[0, 2] < 0 else 1.0)
+    if abs(x) < abs(y) and abs(x) < abs(z) and (m[1, 2] > 0) != (y * z > 0):
+        z = -z
+    r = np.array([x, y, z])
+    return r * (theta / np.sqrt(r @ r))
+
+
+def euler_to_axis_angle(euler) -> np.ndarray:
+    """``(pitch, yaw, roll)`` -> axis-angle, via the float32 rotation matrix.
+
+    Returns
+    -------
+    (3,) float32
+    """
+    return rotation_matrix_to_axis_angle(euler_to_rotation_matrix(euler))
+
+
+def axis_angle_to_euler(axis_angle) -> np.ndarray:
+    """Axis-angle -> ``(pitch, yaw, roll)``, via the float32 rotation matrix.
+
+    Returns
+    -------
+    (3,) float32
+    """
+    return rotation_matrix_to_euler(axis_angle_to_rotation_matrix(axis_angle))
+
+
+def orthonormalise(rot) -> np.ndarray:
+    """Nearest proper rotation to a 3x3 matrix (``PDM::Orthonormalise``).
+
+    Takes ``U @ diag(1, 1, det(U @ Vt)) @ Vt`` from the SVD so that a reflection is
+    never returned.
+
+    Parameters
+    ----------
+    rot : array_like, (3, 3)
+        Cast to float32 first.
+
+    Returns
+    -------
+    (3, 3) float32
+        The SVD is done in float64 and rounded once; OpenCV's float32 Jacobi SVD
+        lands within a few float32 ulps of that.
+    """
+    m = np.asarray(rot, dtype=F32).astype(np.float64)
+    u, _, vt = np.linalg.svd(m)
+    d = np.linalg.det(u @ vt)
+    return (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
