@@ -214,9 +214,11 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
     sig = bank.sigma(h)
     if raw.dtype != np.float32:
         sig = sig.astype(raw.dtype)
+    # transpose-sigma: the map vectorised column-major and the result read back
+    # row-major, i.e. the post-Sigma map comes out transposed (Sigma itself is
+    # symmetric, and so are its components under x<->y, so only the layout slip shows).
     vec = raw.transpose(0, 2, 1) if "transpose-sigma" in faults else raw
-    out = np.matmul(sig, vec.reshape(v, h * w, 1)).reshape(v, h, w)
-    return out.transpose(0, 2, 1).copy() if "transpose-sigma" in faults else out
+    return np.matmul(sig, vec.reshape(v, h * w, 1)).reshape(v, h, w)
 
 
 def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:

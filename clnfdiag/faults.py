@@ -41,7 +41,8 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("skip-sigma", "response_sigma", True,
           "leave out the CCNF edge potentials: use the raw response instead of Sigma @ raw"),
     Fault("transpose-sigma", "response_sigma", True,
-          "apply Sigma to the column-major (transposed) response vector"),
+          "vectorise the raw map column-major before Sigma and read the result back row-major: "
+          "the post-Sigma map comes out transposed"),
     Fault("clip-instead-of-shift", "response", True,
           "clip negative post-Sigma values to 0 instead of shifting the map up by its minimum"),
     Fault("no-kde-grid", "mean_shifts_ref", True,

@@ -44,9 +44,10 @@ PHASE_ORDER = ("rigid", "nonrigid")
 
 _PASS_RE = re.compile(r"^pass(\d+)/")
 _ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/")
+_PHASE_RE = re.compile(r"^pass(\d+)/([^/]+)/(?:iter(\d+)/|n_updates$)")
 
 # Errors numpy / zipfile / zlib raise on a truncated or corrupted archive or member.
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError)
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 # --------------------------------------------------------------------------- meanings
@@ -155,7 +156,8 @@ class _Stages(Mapping):
     """Read-only mapping key -> array over one stages.npz, opened on first use.
 
     Arrays are decompressed on first access and cached, because comparators
-    read the same stage several times.
+    read the same stage several times; cached arrays are read-only so that
+    in-place work on a golden value cannot change what later readers see.
     """
 
     def __init__(self, path: Path):
@@ -167,13 +169,14 @@ class _Stages(Mapping):
         if self._npz is None:
             if not self.path.is_file():
                 raise GoldenError("missing", self.path)
+            if not zipfile.is_zipfile(self.path):
+                # np.load would try it as a pickle and say so: misleading here.
+                raise GoldenError("not a valid .npz archive (not a zip file)", self.path)
             try:
                 # allow_pickle=False: a golden holds plain numeric arrays only.
                 npz = np.load(self.path, allow_pickle=False)
             except _NPZ_ERRORS as exc:
                 raise GoldenError(f"not a valid .npz archive ({exc})", self.path) from None
-            if not isinstance(npz, np.lib.npyio.NpzFile):
-                raise GoldenError("not a .npz archive (a single .npy array)", self.path)
             self._npz = npz
         return self._npz
 
@@ -183,10 +186,16 @@ class _Stages(Mapping):
             if key not in npz.files:
                 raise GoldenError("no such stage", self.path, key)
             try:
-                self._cache[key] = npz[key]
+                arr = npz[key]
             except _NPZ_ERRORS as exc:
                 raise GoldenError(f"cannot read array ({exc})", self.path, key) from None
+            arr.flags.writeable = False
+            self._cache[key] = arr
         return self._cache[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        # Mapping.get expects KeyError; ours raises GoldenError for absent keys.
+        return self[key] if key in self else default
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._open().files)
@@ -299,14 +308,12 @@ class GoldenCase:
         """
         entered: dict[str, set[int]] = {}
         for key in self.manifest["stages"]:
-            m = _ITER_RE.match(key)
+            m = _PHASE_RE.match(key)
             if m and int(m.group(1)) == pass_index:
-                entered.setdefault(m.group(2), set()).add(int(m.group(3)))
-        for key in self.manifest["stages"]:
-            # A phase with zero iterations still has its weights / n_updates.
-            parts = key.split("/")
-            if len(parts) == 3 and parts[0] == f"pass{pass_index}" and parts[2] == "n_updates":
-                entered.setdefault(parts[1], set())
+                # n_updates alone still names the phase (one that entered no iteration).
+                iters = entered.setdefault(m.group(2), set())
+                if m.group(3) is not None:
+                    iters.add(int(m.group(3)))
         order = sorted(entered, key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p))
         out = []
         for phase in order:
@@ -384,12 +391,13 @@ def _check_stage_entry(key: str, entry: Any, path: Path) -> None:
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise GoldenError("shape must be a list of non-negative integers", path, where)
-    try:
-        np.dtype(entry.get("dtype"))
-    except TypeError:
-        raise GoldenError(f"unknown dtype {entry.get('dtype')!r}", path, where) from None
-    if not isinstance(entry.get("dtype"), str):
+    dtype = entry.get("dtype")
+    if not isinstance(dtype, str):
         raise GoldenError("dtype must be a string", path, where)
+    try:
+        np.dtype(dtype)
+    except TypeError:
+        raise GoldenError(f"unknown dtype {dtype!r}", path, where) from None
 
 
 def _check_image(case_dir: Path, manifest: dict) -> Path:
@@ -487,7 +495,11 @@ def read_case(path: str | os.PathLike, verify: bool = True) -> GoldenCase:
         stages=stages,
     )
     if verify:
-        _verify_stages(case)
+        try:
+            _verify_stages(case)
+        except GoldenError:
+            case.close()  # the caller never gets the case, so release the archive here
+            raise
     return case
 
 
@@ -541,36 +553,29 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
-def _replace_atomically(tmp: Path, final: Path) -> None:
-    os.replace(tmp, final)
-
-
 def _write_image(case_dir: Path, image: np.ndarray | str | os.PathLike) -> tuple[Path, np.ndarray]:
     """Write image.png; returns its path and the decoded pixels (for width/height)."""
     target = case_dir / IMAGE
     tmp = case_dir / (IMAGE + ".tmp")
-    if isinstance(image, (str, os.PathLike)):
-        src = Path(image)
+    src = Path(image) if isinstance(image, (str, os.PathLike)) else None
+    if src is not None:
         pixels = cv2.imread(str(src))
         if pixels is None:
             raise GoldenError("cannot be read as an image", src)
-        if src.suffix.lower() == ".png":
-            # Keep the exact bytes: the golden's SHA-256 is then the input's.
-            shutil.copyfile(src, tmp)
-        elif not cv2.imwrite(str(tmp) + ".png", pixels):
-            raise GoldenError("cannot write PNG", target)
-        else:
-            os.replace(str(tmp) + ".png", tmp)
     else:
         pixels = np.asarray(image)
         if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
             raise GoldenError(f"image must be uint8 (H, W) or (H, W, 3), got {pixels.dtype} {pixels.shape}", target)
-        # cv2 picks the codec from the extension, so encode in memory instead.
+    if src is not None and src.suffix.lower() == ".png":
+        # Keep the exact bytes: the golden's SHA-256 is then the input's.
+        shutil.copyfile(src, tmp)
+    else:
+        # Encode in memory: cv2.imwrite would pick the codec from the ".tmp" name.
         ok, buf = cv2.imencode(".png", pixels)
         if not ok:
             raise GoldenError("cannot encode PNG", target)
         tmp.write_bytes(buf.tobytes())
-    _replace_atomically(tmp, target)
+    os.replace(tmp, target)
     return target, pixels
 
 
@@ -599,7 +604,7 @@ def _write_npz(case_dir: Path, arrays: dict[str, np.ndarray]) -> Path:
         lost = sorted(set(arrays) - set(back))
         tmp.unlink()
         raise GoldenError(f"stage keys do not round-trip through .npz: {lost[:3]}", target)
-    _replace_atomically(tmp, target)
+    os.replace(tmp, target)
     return target
 
 
@@ -697,5 +702,5 @@ def write_case(
     }
     tmp = case_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n", encoding="utf-8")
-    _replace_atomically(tmp, case_dir / MANIFEST)
+    os.replace(tmp, case_dir / MANIFEST)
     return case_dir

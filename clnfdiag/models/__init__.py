@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class Model:
 
 def _rel(path: Path, model_dir: Path) -> str:
     try:
-        return path.resolve().relative_to(model_dir.resolve()).as_posix()
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
     except ValueError:
         return str(path)
 

@@ -98,7 +98,8 @@ def verify_file(path: Path, model_dir: Path, strict: bool = False) -> str:
     """
     digest = sha256_file(path)
     try:
-        rel = path.resolve().relative_to(model_dir.resolve()).as_posix()
+        # abspath, not resolve: a folder of per-file symlinks must keep its own names.
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(model_dir)).as_posix()
     except ValueError:
         rel = path.name
     expected = known_checksums().get(rel)

@@ -1,0 +1,660 @@
+"""NU-RLMS building blocks of OpenFace 2.x CLNF, vectorised over landmarks.
+
+Everything here reproduces ``CLNF::NU_RLMS`` and its helpers
+(``NonVectorisedMeanShift_precalc_kde``, ``GetWeightMatrix``) of OpenFace 2.x
+at float32 rounding level. The arithmetic follows the C++ operation by
+operation where the rounding matters:
+
+* OpenFace stores every matrix as ``float``. Small OpenCV matrix products
+  (``cv::gemm``) multiply float inputs in double and round the result once, so
+  those are done here in float64 and cast to float32.
+* Loops that accumulate into a ``float`` (KDE sums, the likelihood) are
+  sequential; they are reproduced with ``np.cumsum`` along the window axis,
+  which adds in order in float32 (``np.sum`` would add pairwise).
+* The Hessian is an OpenBLAS ``sgemm``: a float32 fused-multiply-add chain
+  over the 2n rows, then ``+ R``. It is emulated exactly that way.
+* ``cv::solve(..., DECOMP_CHOLESKY)`` runs OpenCV's own small-matrix Cholesky
+  (double accumulators, float storage, reciprocal diagonal); it is ported in
+  :func:`cholesky_solve_opencv`, vectorised over rows.
+
+Layout conventions: landmark arrays are ``(n, 2)`` with columns ``(x, y)``;
+vectors indexed like OpenFace's column vectors are ``(2n,)`` with the n x
+entries first, then the n y entries.
+
+Known-fault variants used by the diagnostics (each documented on its
+function): ``mean_shift(..., grid=False)`` (``no-kde-grid``) and
+``solve_update(..., regularise=False)`` (``no-regularisation``).
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+
+import numpy as np
+
+__all__ = [
+    "KDE_STEP",
+    "kde_grid_size",
+    "kde_kernel_table",
+    "kde_exponent",
+    "expf32",
+    "window_offsets",
+    "mean_shift",
+    "to_image_frame",
+    "weight_matrix_diag",
+    "regularisation_diag",
+    "hessian_sgemm",
+    "cholesky_solve_opencv",
+    "solve_update",
+    "landmark_likelihoods",
+    "model_likelihood",
+    "shape_change_norm",
+]
+
+F32 = np.float32
+F64 = np.float64
+
+#: Grid step of OpenFace's precalculated KDE kernel (a C++ ``float`` 0.1).
+KDE_STEP = F32(0.1)
+
+
+# --------------------------------------------------------------------------- helpers
+def _visible_mask(visible, n: int) -> np.ndarray:
+    """``(n,)`` bool mask; ``None`` means every landmark is visible."""
+    if visible is None:
+        return np.ones(n, dtype=bool)
+    v = np.asarray(visible).reshape(-1)
+    if v.shape[0] != n:
+        raise ValueError(f"visible has {v.shape[0]} entries, expected {n}")
+    return v != 0
+
+
+def _fma32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 ``fma(a, b, c)``: the product of two float32 is exact in float64,
+    so one float64 addition and one rounding to float32 give the fused result
+    (up to a double-rounding tie, which has probability ~2**-29)."""
+    return (a.astype(F64) * b.astype(F64) + c.astype(F64)).astype(F32)
+
+
+#: Half-width, in float32 ulps, of the band around a rounding boundary inside
+#: which :func:`expf32` defers to the C library (glibc's ``expf`` is within
+#: 0.502 ulp, so it can only round differently within 0.002 ulp of a boundary).
+_EXPF_HARD_BAND = 0.004
+
+
+@functools.lru_cache(maxsize=1)
+def _libm_expf():
+    """The C library's single-precision ``expf`` through ctypes, or None."""
+    name = ctypes.util.find_library("m")
+    if name is None:
+        return None
+    try:
+        fn = ctypes.CDLL(name).expf
+    except (OSError, AttributeError):
+        return None
+    fn.restype = ctypes.c_float
+    fn.argtypes = [ctypes.c_float]
+    return fn
+
+
+def expf32(x) -> np.ndarray:
+    """Single-precision exponential as the C++ ``exp(float)`` (glibc ``expf``).
+
+    OpenFace's KDE table calls ``exp`` on a ``float``, i.e. ``expf``, which is
+    not always correctly rounded. The value is computed in double and rounded
+    to float32 (correct rounding); only arguments whose exact result lies
+    within ``_EXPF_HARD_BAND`` ulp of a float32 rounding boundary (about 0.8 %
+    of them) are passed to the C library's ``expf`` so that those few round
+    as the C++ does. Without a C library reachable by ctypes the correctly
+    rounded value is kept (then ~1e-4 of the values differ by one ulp).
+
+    Parameters
+    ----------
+    x : array_like float32
+
+    Returns
+    -------
+    numpy.ndarray float32, same shape as ``x``
+    """
+    x = np.asarray(x, dtype=F32)
+    y = np.exp(x.astype(F64))
+    r = y.astype(F32)
+    fn = _libm_expf()
+    if fn is None or r.size == 0:
+        return r
+    rd = r.astype(F64)
+    above = y > rd
+    nb = np.where(above, np.nextafter(r, F32(np.inf)), np.nextafter(r, F32(0))).astype(F64)
+    spacing = np.abs(nb - rd)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        dist = np.abs(y - 0.5 * (rd + nb)) / spacing
+    hard = np.flatnonzero(dist < _EXPF_HARD_BAND)
+    if hard.size:
+        flat = r.reshape(-1)
+        xs = x.reshape(-1)[hard]
+        flat[hard] = np.fromiter((fn(float(v)) for v in xs), dtype=F32, count=hard.size)
+    return r
+
+
+def kde_exponent(sigma) -> np.float32:
+    """The KDE exponent factor ``a = -0.5 / sigma**2`` as NU_RLMS stores it.
+
+    ``sigma`` is a C++ ``float``: ``sigma * sigma`` is a float product, the
+    division by the double literal ``-0.5`` happens in double and the result
+    is stored in a ``float``.
+
+    Returns
+    -------
+    numpy.float32
+    """
+    s = F32(sigma)
+    return F32(-0.5 / F64(s * s))
+
+
+def kde_grid_size(window_size: int) -> int:
+    """Number of 0.1-pixel grid positions per axis of the KDE table.
+
+    OpenFace iterates ``x < window_size / 0.1f`` (a float division) and uses
+    ``int(window_size / 0.1f + 0.5)`` as the row stride; the two agree for
+    every window size used (checked here).
+
+    Returns
+    -------
+    int
+        ``N`` with ``N == 10 * window_size`` for the window sizes OpenFace uses.
+    """
+    w = int(window_size)
+    limit = F32(w) / KDE_STEP                       # float32 division, as in C++
+    count = int(np.ceil(F64(limit)))                # ints x with x < limit
+    stride = int(np.floor(F64(limit) + 0.5))
+    if count != stride:                              # pragma: no cover - never for w <= 99
+        raise ValueError(f"inconsistent KDE grid for window size {w}: {count} vs {stride}")
+    return stride
+
+
+# --------------------------------------------------------------------------- KDE table
+def _kernel_values(dx: np.ndarray, dy: np.ndarray, a: np.float32, window_size: int) -> np.ndarray:
+    """``exp(a * ((dy - ii)**2 + (dx - jj)**2))`` as float32, for every response
+    cell ``(ii, jj)`` (row, column) and every ``(dx, dy)`` pair.
+
+    dx, dy : (...,) float32. Returns (..., w, w) float32. The squares and their
+    sum are float32 operations, the exponential is ``expf`` (:func:`expf32`).
+    """
+    w = int(window_size)
+    cells = np.arange(w, dtype=F32)
+    ddy = (dy[..., None] - cells) ** 2                # (..., w) over ii (rows)
+    ddx = (dx[..., None] - cells) ** 2                # (..., w) over jj (cols)
+    arg = F32(a) * (ddy[..., :, None] + ddx[..., None, :])   # float32 sum and product
+    return expf32(arg)
+
+
+@functools.lru_cache(maxsize=32)
+def _kde_table_cached(sigma32: float, window_size: int) -> np.ndarray:
+    n_grid = kde_grid_size(window_size)
+    grid = np.arange(n_grid, dtype=F32) * KDE_STEP    # float(x) * 0.1f, in float32
+    a = kde_exponent(sigma32)
+    table = _kernel_values(grid[:, None], grid[None, :], a, window_size)
+    table.flags.writeable = False
+    return table
+
+
+def kde_kernel_table(sigma, window_size: int) -> np.ndarray:
+    """OpenFace's precalculated KDE kernel on the 0.1-pixel grid.
+
+    For every grid position ``dx = ix * 0.1f``, ``dy = iy * 0.1f``
+    (``ix, iy = 0 .. N-1``, ``N = 10 * window_size``) the Gaussian kernel
+    ``exp(a * ((dy - ii)**2 + (dx - jj)**2))`` over the response cells, row
+    ``ii`` and column ``jj``, with ``a = -0.5 / sigma**2`` (see
+    :func:`kde_exponent`). In the C++ this is the ``(N*N, w*w)`` matrix
+    ``kde_resp_precalc[w]`` whose row ``ix * N + iy`` is the flattened kernel.
+
+    Cached per ``(float32(sigma), window_size)``. Note that OpenFace caches it
+    per window size only, keeping the sigma of the first call: the two agree as
+    long as a window size is always used with the same sigma (true for one
+    model and preset; the default and wild presets both use sigma 1.5 with
+    window 11).
+
+    Parameters
+    ----------
+    sigma : float
+        KDE sigma (rounded to float32 as OpenFace's parameter is a float).
+    window_size : int
+        Response window size ``w``.
+
+    Returns
+    -------
+    numpy.ndarray, (N, N, w, w) float32, read-only
+        Indexed ``[ix (dx), iy (dy), ii (row, y), jj (column, x)]``.
+    """
+    return _kde_table_cached(float(F32(sigma)), int(window_size))
+
+
+# --------------------------------------------------------------------------- offsets
+def _mul_2x2_t(points: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """``points @ mat.T`` as ``cv::Mat`` float gemm does it: float32 inputs,
+    products and sum in double, one rounding to float32. (n,2) -> (n,2)."""
+    return (np.asarray(points, dtype=F32).astype(F64)
+            @ np.asarray(mat, dtype=F32).astype(F64).T).astype(F32)
+
+
+def window_offsets(current_shape, base_shape, sim_img_to_ref, window_size: int):
+    """Landmark positions inside the response windows (reference frame).
+
+    ``offsets = (current - base) @ sim_img_to_ref.T`` with ``current - base``
+    in float32 and the 2x2 product accumulated in double (OpenCV gemm), then
+    the integer ``(w - 1) // 2`` is added in float32.
+
+    Parameters
+    ----------
+    current_shape : (n, 2) float32
+        Landmarks at the start of the iteration.
+    base_shape : (n, 2) float32
+        Landmarks around which the responses were computed (start of the pass).
+    sim_img_to_ref : (2, 2) float32
+        Image -> reference similarity of the pass.
+    window_size : int
+
+    Returns
+    -------
+    dxs, dys : (n,) float32
+    """
+    diff = np.asarray(current_shape, dtype=F32) - np.asarray(base_shape, dtype=F32)
+    off = _mul_2x2_t(diff, sim_img_to_ref)
+    half = F32((int(window_size) - 1) // 2)
+    return off[:, 0] + half, off[:, 1] + half
+
+
+# --------------------------------------------------------------------------- mean-shift
+def _clamp_to_window(d: np.ndarray, window_size: int) -> np.ndarray:
+    hi = F32(window_size) - KDE_STEP                 # float32 ``w - 0.1f``
+    return np.minimum(np.maximum(d, F32(0)), hi)
+
+
+def _grid_index(d: np.ndarray) -> np.ndarray:
+    """``int(d / 0.1f + 0.5)``: float32 quotient, the ``+ 0.5`` in double, truncation."""
+    q = (d / KDE_STEP).astype(F64)
+    return np.floor(q + 0.5).astype(np.intp)
+
+
+def _weighted_sums(resp: np.ndarray, kern: np.ndarray, w: int):
+    """Sequential float32 sums of ``v = resp * kern``, ``v * jj`` and ``v * ii``
+    over the window in row-major order. resp, kern: (m, w*w) float32."""
+    v = resp * kern
+    cols = np.tile(np.arange(w, dtype=F32), w)       # jj for every cell (x)
+    rows = np.repeat(np.arange(w, dtype=F32), w)     # ii for every cell (y)
+    total = np.cumsum(v, axis=1, dtype=F32)[:, -1]
+    mx = np.cumsum(v * cols, axis=1, dtype=F32)[:, -1]
+    my = np.cumsum(v * rows, axis=1, dtype=F32)[:, -1]
+    return total, mx, my
+
+
+def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.ndarray:
+    """KDE mean-shift per landmark in the reference frame.
+
+    As ``NonVectorisedMeanShift_precalc_kde``: ``dx, dy`` are clamped to
+    ``[0, w - 0.1]``, the kernel row of the 0.1-px grid nearest to them
+    (``int(d / 0.1 + 0.5)``) weights the response, and the mean-shift is the
+    weighted centroid minus the clamped ``(dx, dy)``. All sums are sequential
+    float32 accumulations, as in the C++ loop.
+
+    Parameters
+    ----------
+    responses : (n, w, w) float32
+        Final (post-shift) response maps, row-major (row = y).
+    dxs, dys : (n,) float32
+        Positions inside the windows (see :func:`window_offsets`).
+    visible : (n,) bool or int, or None
+        Landmarks with a patch expert in the current view; others get 0.
+    sigma : float
+        KDE sigma of the pass.
+    grid : bool, default True
+        ``False`` is the ``no-kde-grid`` known-fault variant: the kernel is the
+        exact Gaussian at the clamped ``(dx, dy)`` instead of the nearest grid
+        position (all else identical).
+
+    Returns
+    -------
+    (n, 2) float32
+        ``(msx, msy)`` per landmark, reference frame.
+    """
+    resp = np.asarray(responses, dtype=F32)
+    n, w, w2 = resp.shape
+    if w != w2:
+        raise ValueError(f"response maps must be square, got {resp.shape}")
+    vis = _visible_mask(visible, n)
+    out = np.zeros((n, 2), dtype=F32)
+    if not vis.any():
+        return out
+    dx = _clamp_to_window(np.asarray(dxs, dtype=F32)[vis], w)
+    dy = _clamp_to_window(np.asarray(dys, dtype=F32)[vis], w)
+    if grid:
+        table = kde_kernel_table(sigma, w)
+        kern = table[_grid_index(dx), _grid_index(dy)]
+    else:
+        kern = _kernel_values(dx, dy, kde_exponent(sigma), w)
+    m = dx.shape[0]
+    total, mx, my = _weighted_sums(resp[vis].reshape(m, w * w), kern.reshape(m, w * w), w)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out[vis, 0] = mx / total - dx
+        out[vis, 1] = my / total - dy
+    return out
+
+
+def to_image_frame(mean_shifts_ref, sim_ref_to_img, visible=None) -> np.ndarray:
+    """Map reference-frame mean-shifts to the image frame.
+
+    ``mean_shifts_ref @ sim_ref_to_img.T`` (float32 inputs, double
+    accumulation, float32 result, as the OpenCV product in NU_RLMS), then the
+    invisible landmarks are set to 0.
+
+    Parameters
+    ----------
+    mean_shifts_ref : (n, 2) float32
+    sim_ref_to_img : (2, 2) float32
+    visible : (n,) bool or int, or None
+
+    Returns
+    -------
+    (n, 2) float32
+    """
+    ms = _mul_2x2_t(mean_shifts_ref, sim_ref_to_img)
+    vis = _visible_mask(visible, ms.shape[0])
+    ms[~vis] = 0
+    return ms
+
+
+# --------------------------------------------------------------------------- weights
+def weight_matrix_diag(patch_confidences, visible, weight_factor) -> np.ndarray:
+    """Diagonal of the NU-RLMS weight matrix (``GetWeightMatrix``).
+
+    Identity when ``weight_factor <= 0`` (OpenFace tests ``> 0``). Otherwise
+    each landmark's patch confidence (a double in the model, stored into the
+    float matrix) times ``weight_factor`` in float32, on its x row and its y
+    row. Like the C++, visibility does not enter here: the same matrix serves
+    the rigid and the non-rigid phase, and invisible landmarks are removed
+    later by zeroing their Jacobian rows and mean-shifts (see
+    :func:`solve_update`). ``visible`` is accepted for symmetry and ignored.
+
+    Parameters
+    ----------
+    patch_confidences : (n,) float64 or None
+        ``patch_confidence`` of each landmark's expert for the pass's scale and
+        view. May be None when ``weight_factor <= 0``.
+    visible : ignored
+    weight_factor : float
+        Per-pass weight factor (a C++ float).
+
+    Returns
+    -------
+    (2n,) float32
+        x rows then y rows.
+    """
+    wf = F32(weight_factor)
+    if not wf > 0:
+        if patch_confidences is None:
+            raise ValueError("patch_confidences is needed to know n; pass an array")
+        n = np.asarray(patch_confidences).reshape(-1).shape[0]
+        return np.ones(2 * n, dtype=F32)
+    conf = np.asarray(patch_confidences, dtype=F64).reshape(-1).astype(F32)
+    w = conf * wf                                    # float32 product (convertTo with scale)
+    return np.concatenate([w, w])
+
+
+# --------------------------------------------------------------------------- solve
+def regularisation_diag(eigen_values, reg_factor) -> np.ndarray:
+    """Non-rigid part of the regularisation diagonal, ``reg_factor / eigenvalue``,
+    divided in float32 as ``cv::Mat(reg_factor / E)`` does.
+
+    Returns
+    -------
+    (m,) float32
+    """
+    return F32(reg_factor) / np.asarray(eigen_values, dtype=F32).reshape(-1)
+
+
+def hessian_sgemm(jw: np.ndarray, j: np.ndarray, reg_diag: np.ndarray | None = None) -> np.ndarray:
+    """``J_w_t @ J + R`` as OpenBLAS ``sgemm`` computes it with ``beta = 1``.
+
+    The product is a float32 fused multiply-add chain over the 2n rows, in row
+    order (the x86-64 OpenBLAS kernels keep one accumulator per output element
+    and use FMA), then the regularisation is added once in float32.
+
+    Parameters
+    ----------
+    jw : (2n, k) float32
+        Weighted Jacobian ``W J`` (i.e. ``J_w_t.T``).
+    j : (2n, k) float32
+        Jacobian.
+    reg_diag : (k,) float32, optional
+        Diagonal of R (zeros for the rigid phase).
+
+    Returns
+    -------
+    (k, k) float32
+    """
+    jw = np.asarray(jw, dtype=F32)
+    j = np.asarray(j, dtype=F32)
+    k = j.shape[1]
+    acc = np.zeros((k, k), dtype=F64)
+    jw64 = jw.astype(F64)
+    j64 = j.astype(F64)
+    for t in range(j.shape[0]):                      # loop over the 2n rows, vectorised k x k
+        acc += np.multiply.outer(jw64[t], j64[t])
+        acc = acc.astype(F32).astype(F64)           # round after each fused step
+    h = acc.astype(F32)
+    if reg_diag is not None:
+        idx = np.arange(k)
+        h[idx, idx] = h[idx, idx] + np.asarray(reg_diag, dtype=F32)
+    return h
+
+
+def cholesky_solve_opencv(a, b):
+    """Solve ``a x = b`` as ``cv::solve(a, b, x, DECOMP_CHOLESKY)`` for float32.
+
+    Port of OpenCV's small-matrix Cholesky (used below 100 x 100): the factor
+    is stored in float with the reciprocal of its diagonal, every accumulator
+    is a double, off-diagonal products ``L[i,k] * L[j,k]`` and ``L * y`` are
+    float products. Columns are computed in order, all rows of a column at
+    once (the values are the same as OpenCV's row-by-row loop).
+
+    Parameters
+    ----------
+    a : (k, k) float32, symmetric positive definite
+    b : (k,) float32
+
+    Returns
+    -------
+    x : (k,) float32
+        All zeros when the matrix is not positive definite (a diagonal pivot
+        below float epsilon), as ``cv::solve`` returns then.
+    ok : bool
+    """
+    a = np.asarray(a, dtype=F32)
+    k = a.shape[0]
+    L = np.zeros((k, k), dtype=F32)
+    eps = F64(np.finfo(F32).eps)
+    for j in range(k):
+        # diagonal: s = A[j,j] - sum_k L[j,k]^2 (double squares, sequential)
+        lj = L[j, :j].astype(F64)
+        s = np.cumsum(np.concatenate(([F64(a[j, j])], -(lj * lj))))[-1]
+        if s < eps:
+            return np.zeros(k, dtype=F32), False
+        L[j, j] = F32(1.0 / np.sqrt(s))
+        if j + 1 < k:
+            prods = (L[j + 1:, :j] * L[j, :j]).astype(F64)     # float products
+            terms = np.concatenate((a[j + 1:, j:j + 1].astype(F64), -prods), axis=1)
+            s_col = np.cumsum(terms, axis=1)[:, -1]
+            L[j + 1:, j] = (s_col * F64(L[j, j])).astype(F32)
+    x = np.asarray(b, dtype=F32).reshape(-1).copy()
+    for i in range(k):                               # L y = b
+        terms = np.concatenate(([F64(x[i])], -(L[i, :i] * x[:i]).astype(F64)))
+        x[i] = F32(np.cumsum(terms)[-1] * F64(L[i, i]))
+    for i in range(k - 1, -1, -1):                   # L^T x = y, k from the end
+        prods = (L[i + 1:, i] * x[i + 1:])[::-1].astype(F64)
+        terms = np.concatenate(([F64(x[i])], -prods))
+        x[i] = F32(np.cumsum(terms)[-1] * F64(L[i, i]))
+    return x, True
+
+
+def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
+                 rigid: bool, regularise: bool = True, visible=None) -> np.ndarray:
+    """One NU-RLMS parameter update ``delta_p`` (before UpdateModelParameters).
+
+    ``(J^T W J + R) delta_p = J^T W ms - R p`` with, as in OpenFace:
+
+    * ``J_w_t = (J * w).T`` (float products); rows of invisible landmarks are
+      zeroed in both ``J`` and ``J_w_t`` and their mean-shifts are 0;
+    * ``J^T W ms`` accumulated in double and rounded to float (OpenCV gemm);
+    * ``R = diag(0 x 6, reg_factor / eigenvalues)`` for the non-rigid phase,
+      all zeros for the rigid one; ``R p`` is subtracted from the non-rigid
+      rows of the right-hand side in double with one rounding to float (an
+      OpenCV gemm expression with beta = 1: near convergence the two terms
+      cancel to 1e-5 of their size, so a float32 subtraction would cost up
+      to 5e-4 of the update);
+    * the Hessian as OpenBLAS sgemm (:func:`hessian_sgemm`);
+    * OpenCV's float Cholesky solve (:func:`cholesky_solve_opencv`).
+
+    Parameters
+    ----------
+    J : (2n, k) float32
+        Jacobian, rows x0..x(n-1) then y0..y(n-1); k = 6 (rigid) or 6 + m.
+    w_diag : (2n,) float32
+        Weight-matrix diagonal (:func:`weight_matrix_diag`).
+    mean_shifts : (n, 2) float32
+        Image-frame mean-shifts (invisible ones are zeroed here anyway).
+    params_local : (m,) float32
+        Local parameters at the start of the iteration (unused when rigid).
+    eigen_values : (m,) float32
+        PDM eigenvalues.
+    reg_factor : float
+        Regularisation factor of the pass (a C++ float).
+    rigid : bool
+        Rigid phase: k = 6, no regularisation.
+    regularise : bool, default True
+        ``False`` is the ``no-regularisation`` known-fault variant: R = 0 in
+        the non-rigid phase too (neither the Hessian term nor ``- R p``).
+    visible : (n,) bool or int, optional
+        None means all visible.
+
+    Returns
+    -------
+    (k,) float32
+        Zeros if the Hessian is not positive definite (as ``cv::solve``).
+    """
+    J = np.array(J, dtype=F32, copy=True)
+    ms = np.asarray(mean_shifts, dtype=F32)
+    n = ms.shape[0]
+    k = J.shape[1]
+    if J.shape[0] != 2 * n:
+        raise ValueError(f"Jacobian has {J.shape[0]} rows, expected {2 * n}")
+    w = np.asarray(w_diag, dtype=F32).reshape(-1)
+    vis = _visible_mask(visible, n)
+    vis2 = np.concatenate([vis, vis])
+    J[~vis2] = 0
+    ms_vec = np.concatenate([ms[:, 0], ms[:, 1]])
+    ms_vec[~vis2] = 0
+    jw = J * w[:, None]                              # float products; rows = columns of J_w_t
+    rhs = (jw.astype(F64).T @ ms_vec.astype(F64)).astype(F32)
+    reg = np.zeros(k, dtype=F32)
+    if not rigid and regularise:
+        m = k - 6
+        reg[6:] = regularisation_diag(eigen_values, reg_factor)[:m]
+        p = np.asarray(params_local, dtype=F32).reshape(-1)[:m]
+        # ``J_w_t_m - R * p`` is one OpenCV gemm expression (alpha -1, beta 1):
+        # the exact products and the difference in double, one rounding.
+        rhs[6:] = (rhs[6:].astype(F64) - reg[6:].astype(F64) * p.astype(F64)).astype(F32)
+    h = hessian_sgemm(jw, J, reg)
+    dp, _ok = cholesky_solve_opencv(h, rhs)
+    return dp
+
+
+# --------------------------------------------------------------------------- likelihood
+def landmark_likelihoods(responses, dxs, dys, visible, sigma) -> np.ndarray:
+    """Per-landmark KDE likelihood at ``(dxs, dys)``, as NU_RLMS computes it
+    after the last iteration of the last pass's non-rigid phase.
+
+    The C++ uses the ``dxs, dys`` of the last iteration that computed a
+    mean-shift (not recomputed from the final parameters), unclamped and
+    without the 0.1-px grid: ``sum_ij resp[i,j] * exp(-0.5 * d2 / sigma**2)``
+    where ``d2`` is a float32 sum of float32 squares, the exponential is in
+    double, each term is rounded to float and the sum is a sequential float32
+    accumulation.
+
+    Parameters
+    ----------
+    responses : (n, w, w) float32
+    dxs, dys : (n,) float32
+    visible : (n,) bool or int, or None
+    sigma : float
+
+    Returns
+    -------
+    (n,) float32
+        Invisible landmarks get ``-1e8`` (OpenFace's fill value).
+    """
+    resp = np.asarray(responses, dtype=F32)
+    n, w, _ = resp.shape
+    vis = _visible_mask(visible, n)
+    out = np.full(n, F32(-1e8), dtype=F32)
+    if not vis.any():
+        return out
+    dx = np.asarray(dxs, dtype=F32)[vis]
+    dy = np.asarray(dys, dtype=F32)[vis]
+    cells = np.arange(w, dtype=F32)
+    vx = (dy[:, None] - cells) ** 2                   # over ii (rows)
+    vy = (dx[:, None] - cells) ** 2                   # over jj (cols)
+    d2 = (vx[:, :, None] + vy[:, None, :]).astype(F64)
+    s = F32(sigma)
+    kern = np.exp(F64(-0.5) * d2 / F64(s * s))
+    m = dx.shape[0]
+    v = (resp[vis].astype(F64) * kern).astype(F32).reshape(m, w * w)
+    out[vis] = np.cumsum(v, axis=1, dtype=F32)[:, -1]
+    return out
+
+
+def model_likelihood(landmark_lhoods, visible=None) -> np.float32:
+    """Model log-likelihood returned by NU_RLMS: mean over visible landmarks
+    of ``log(lhood + 1e-8)``.
+
+    OpenFace adds each double log to a float accumulator (rounding to float
+    after every addition, in landmark order) and divides by the number of
+    visible landmarks in double, storing a float. This runs once per fit; the
+    short loop over visible landmarks reproduces that rounding.
+
+    Parameters
+    ----------
+    landmark_lhoods : (n,) float32
+        From :func:`landmark_likelihoods`.
+    visible : (n,) bool or int, or None
+
+    Returns
+    -------
+    numpy.float32
+    """
+    lh = np.asarray(landmark_lhoods, dtype=F32).reshape(-1)
+    vis = _visible_mask(visible, lh.shape[0])
+    logs = np.log(lh[vis].astype(F64) + 1e-8)
+    acc = F32(0)
+    for term in logs:                                # once per fit: exact float rounding
+        acc = F32(F64(acc) + term)
+    return F32(F64(acc) / F64(vis.sum()))
+
+
+def shape_change_norm(shape, previous) -> float:
+    """``cv::norm(shape, previous)``: L2 norm of the 2n-vector difference.
+
+    Differences are taken in float32, squared and summed in double, as
+    OpenCV's ``normDiffL2_32f``.
+
+    Parameters
+    ----------
+    shape, previous : (n, 2) float32
+
+    Returns
+    -------
+    float
+        float64 value (the golden ``shape_change_norm``).
+    """
+    d = (np.asarray(shape, dtype=F32) - np.asarray(previous, dtype=F32)).astype(F64)
+    return float(np.sqrt(np.sum(d * d)))

@@ -1,0 +1,45 @@
+"""Shared locations for the tests.
+
+The repository is cloned next to ``shared/`` (read-only reference material:
+OpenFace models, golden cases). Tests that need ``shared/`` build their
+parameters from :func:`shared_cases`, which yields nothing when it is absent,
+so those tests are not generated rather than silently skipped.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+SHARED_GOLDEN = SHARED / "golden"
+SHARED_GOLDEN_H = SHARED / "golden-hierarchical"
+PROJECT_GOLDEN = REPO / "golden"
+
+
+def case_dirs(folder: Path) -> list[Path]:
+    """Case folders (holding manifest.json) directly under ``folder``; [] if it does not exist."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if (p / "manifest.json").is_file())
+
+
+def project_cases() -> list[Path]:
+    """The golden cases committed in the project (``golden/``)."""
+    return case_dirs(PROJECT_GOLDEN)
+
+
+def shared_cases() -> list[Path]:
+    """Every golden case in ``shared/golden`` and ``shared/golden-hierarchical`` (none without shared/)."""
+    return case_dirs(SHARED_GOLDEN) + case_dirs(SHARED_GOLDEN_H)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
+
+
+@pytest.fixture(scope="session")
+def project_golden() -> Path:
+    return PROJECT_GOLDEN
