@@ -1,0 +1,596 @@
+"""Compare a candidate trace with a golden case stage by stage, and run that over many cases.
+
+A **trace** is a mapping ``key -> array`` in the golden vocabulary
+(``pass0/response_raw``, ``pass0/rigid/iter03/mean_shifts``, ``final/landmarks`` ...).
+:func:`compare_traces` compares every golden key the candidate has, in the
+golden manifest's order (execution order), and finds the first stage beyond
+tolerance. :func:`run` streams cases through a **producer** (a callable
+``producer(case, mode) -> trace``) and yields one
+:class:`~clnfdiag.compare.struct.CaseComparison` per case and mode, in input
+order, keeping only the small per-stage results.
+
+Producers shipped here: :class:`CandidateTraces` (traces already written in
+the golden format by some implementation, no fitting) and
+:class:`FitProducer` (this project's fitter through
+``clnfdiag.compare.isolated.isolated_trace`` /
+``clnfdiag.compare.propagated.propagated_trace``, imported on first use).
+"""
+from __future__ import annotations
+
+import importlib
+import math
+import multiprocessing
+import re
+import time
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from itertools import chain
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from ..errors import ClnfdiagError, InputError
+from ..faults import parse_faults
+from ..golden import MANIFEST, PHASE_ORDER, GoldenCase, find_cases, read_case
+from . import metrics
+from .struct import DIVERGED, PASS, CaseComparison, CaseFailure, ConvergenceRow, StageResult
+from .tolerances import MODES, Tol, Tolerances, default_tolerances, landmark_floor, landmark_tolerance
+
+GATES = ("stages", "landmarks")
+#: Key of the final landmarks, the end-to-end result.
+FINAL_LANDMARKS = "final/landmarks"
+
+_KEY_RE = re.compile(r"^pass(\d+)/(?:([A-Za-z_]+)/)?(?:iter(\d+)/)?([^/]+)$")
+_ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/")
+
+#: ``impact(stage_key) -> {"mean_shifts_max_px", "landmarks_max_px"}`` bound to one case and candidate.
+StageImpact = Callable[[str], Mapping[str, float] | None]
+#: ``impact(case, candidate, stage_key) -> {...}``, bound per case by :func:`run`.
+CaseImpact = Callable[[GoldenCase, Mapping[str, np.ndarray], str], Mapping[str, float] | None]
+#: ``producer(case, mode) -> trace``.
+Producer = Callable[[GoldenCase, str], Mapping[str, np.ndarray]]
+
+
+class ProducerError(ClnfdiagError):
+    """A stage producer (isolated/propagated/impact) cannot be used."""
+
+    kind = "producer error"
+
+
+# --------------------------------------------------------------------------- keys
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """Parts of a stage key: ``pass0/rigid/iter03/mean_shifts`` -> (0, "rigid", 3, "mean_shifts")."""
+
+    pass_index: int | None
+    phase: str | None
+    iteration: int | None
+    kind: str
+
+
+def parse_key(key: str) -> KeyInfo:
+    """Split a stage key; ``kind`` is its last component (``final/landmarks`` -> ``landmarks``)."""
+    m = _KEY_RE.match(key)
+    if m:
+        return KeyInfo(int(m.group(1)), m.group(2), None if m.group(3) is None else int(m.group(3)), m.group(4))
+    return KeyInfo(None, None, None, stage_kind(key))
+
+
+def stage_kind(key: str) -> str:
+    """Stage kind of a key: its last component."""
+    return key.rsplit("/", 1)[-1]
+
+
+# --------------------------------------------------------------------------- one stage
+
+def compare_stage(key: str, golden: np.ndarray, candidate: np.ndarray, tol: Tol,
+                  visible: np.ndarray | None = None, n_landmarks: int = 68) -> StageResult:
+    """Compare one stage.
+
+    Parameters
+    ----------
+    key : str
+        Golden key.
+    golden, candidate : numpy.ndarray
+        The two values; different shapes give a stage beyond tolerance with
+        infinite errors and a ``note``.
+    tol : Tol
+        Tolerance of the stage.
+    visible : numpy.ndarray, optional
+        (n,) visibilities for map stages (golden ``passN/visibilities``).
+    n_landmarks : int
+        Landmark count, to map vector rows (n or 2n) to landmarks.
+
+    Returns
+    -------
+    StageResult
+    """
+    info = parse_key(key)
+    golden = np.asarray(golden)
+    candidate = np.asarray(candidate)
+    fam = metrics.family(info.kind, golden.shape)
+    res = StageResult(stage=key, kind=info.kind, family=fam, pass_index=info.pass_index, phase=info.phase,
+                      iteration=info.iteration, shape=tuple(golden.shape), atol=tol.atol, rtol=tol.rtol)
+    if golden.shape != candidate.shape:
+        inf = math.inf
+        res.max_abs = res.rms = res.max_rel = res.ratio = inf
+        res.within_tolerance, res.n_beyond = False, 1
+        res.note = f"shape {tuple(candidate.shape)} differs from golden {tuple(golden.shape)}"
+        return res
+    if fam == "map":
+        fields = metrics.compare_maps(golden, candidate, tol, _visible_for(visible, golden.shape[0]))
+    elif fam == "points":
+        fields = metrics.compare_points(golden, candidate, tol, info.kind)
+    elif fam == "scalar":
+        fields = metrics.compare_scalars(golden, candidate, tol)
+    else:
+        fields = metrics.compare_vectors(golden, candidate, tol, info.kind, n_landmarks)
+    for name, value in fields.items():
+        setattr(res, name, value)
+    return res
+
+
+def _visible_for(visible: np.ndarray | None, n: int) -> np.ndarray | None:
+    """Visibilities when they fit the map count (a part model's maps may not), else None (all)."""
+    if visible is None:
+        return None
+    v = np.asarray(visible).ravel()
+    return v if v.shape[0] == n else None
+
+
+# --------------------------------------------------------------------------- one case
+
+def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str = "isolated",
+                   tolerances: Tolerances | None = None, gate: str = "stages",
+                   impact: StageImpact | None = None, impact_stages: int = 1) -> CaseComparison:
+    """Compare a candidate trace with a golden case, stage by stage in execution order.
+
+    Parameters
+    ----------
+    golden : GoldenCase
+        The reference.
+    candidate : mapping str -> array_like
+        The trace to judge; golden keys it lacks are listed in
+        ``missing_keys`` (not a failure), except ``final/landmarks``.
+    mode : {"isolated", "propagated"}
+        Selects the tolerance table; in propagated mode ``final/landmarks``
+        may use the case's C++ noise floor (CPP_FLOOR.json) when larger.
+    tolerances : Tolerances, optional
+        Default: the shipped defaults.
+    gate : {"stages", "landmarks"}
+        ``stages``: the case diverges when any stage is beyond tolerance.
+        ``landmarks``: only when ``final/landmarks`` is, or when the impact of
+        the first divergent stage moves the landmarks beyond their tolerance.
+    impact : callable, optional
+        ``impact(stage_key) -> {"mean_shifts_max_px", "landmarks_max_px"}``;
+        called for the first ``impact_stages`` divergent stages to fill their
+        ``reaches_landmarks``. It may raise NotImplementedError (left unknown).
+    impact_stages : int
+        How many divergent stages (in order) get an impact evaluation.
+
+    Returns
+    -------
+    CaseComparison
+
+    Raises
+    ------
+    InputError
+        Unknown mode or gate; a candidate value that is not numeric; a
+        candidate without ``final/landmarks`` when the golden has them.
+    """
+    _check_choice("mode", mode, MODES)
+    _check_choice("gate", gate, GATES)
+    tolerances = tolerances or default_tolerances()
+    trace = as_trace(candidate, golden.case_id)
+    gkeys = golden.keys()
+    if golden.has(FINAL_LANDMARKS) and FINAL_LANDMARKS not in trace:
+        raise InputError(f"candidate trace has no {FINAL_LANDMARKS}; the case cannot be judged",
+                         where=golden.case_id)
+    floor = landmark_floor(golden.path, golden.case_id)
+    lm_tol = landmark_tolerance(tolerances, mode, floor)
+    n_lm = _n_landmarks(golden)
+    stages = [_compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm) for key in gkeys if key in trace]
+    cmp = CaseComparison(
+        case=golden.case_id, mode=mode, gate=gate, stages=stages,
+        missing_keys=[k for k in gkeys if k not in trace],
+        extra_keys=[k for k in trace if not golden.has(k)],
+        landmark_tolerance_px=_landmark_allowed(golden, lm_tol),
+        noise_floor_px=floor, golden_path=str(golden.path),
+    )
+    divergent = cmp.divergent_stages
+    cmp.first_divergent_stage = divergent[0].stage if divergent else None
+    if impact is not None:
+        _evaluate_impact(divergent[:max(0, impact_stages)], impact, cmp.landmark_tolerance_px)
+        cmp.impact = divergent[0].impact if divergent else None
+    cmp.verdict = _verdict(cmp)
+    cmp.observed = observed_errors(stages)
+    cmp.convergence = convergence_rows(golden, trace)
+    return cmp
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise InputError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+
+
+def as_trace(candidate: Mapping[str, Any], where: str = "") -> dict[str, np.ndarray]:
+    """The candidate as ``{key: ndarray}``; InputError for a non-string key or a non-numeric value."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in candidate.items():
+        if not isinstance(key, str):
+            raise InputError(f"stage key {key!r} is not a string", where=where)
+        arr = np.asarray(value)
+        if arr.dtype.kind not in "biuf":
+            raise InputError(f"candidate stage is not a numeric array (dtype {arr.dtype})", where=f"{where}: {key}")
+        out[key] = arr
+    return out
+
+
+def _n_landmarks(golden: GoldenCase) -> int:
+    for key in ("init/shape", FINAL_LANDMARKS):
+        if golden.has(key):
+            return int(golden.manifest["stages"][key]["shape"][0])
+    return 68
+
+
+def _compare_key(golden: GoldenCase, trace: dict[str, np.ndarray], key: str, mode: str,
+                 tolerances: Tolerances, lm_tol: Tol, n_lm: int) -> StageResult:
+    info = parse_key(key)
+    tol = lm_tol if key == FINAL_LANDMARKS else tolerances.get(info.kind, mode)
+    visible = None
+    if info.kind in metrics.MAP_KINDS and info.pass_index is not None:
+        vkey = f"pass{info.pass_index}/visibilities"
+        visible = golden.stage(vkey) if golden.has(vkey) else None
+    return compare_stage(key, golden.stage(key), trace[key], tol, visible, n_lm)
+
+
+def _landmark_allowed(golden: GoldenCase, lm_tol: Tol) -> float:
+    """Allowed final-landmark error in px (atol + rtol * extent of the golden landmarks)."""
+    if not golden.has(FINAL_LANDMARKS) or lm_tol.rtol == 0:
+        return lm_tol.atol
+    return float(lm_tol.allowed(metrics.point_scale(golden.stage(FINAL_LANDMARKS), "landmarks")))
+
+
+def _evaluate_impact(stages: list[StageResult], impact: StageImpact, lm_allowed: float) -> None:
+    for s in stages:
+        try:
+            res = impact(s.stage)
+        except NotImplementedError:
+            res = None
+        if res is None:
+            continue
+        s.impact = {k: float(v) for k, v in dict(res).items()}
+        px = s.impact.get("landmarks_max_px")
+        s.reaches_landmarks = None if px is None else bool(not px <= lm_allowed)
+
+
+def _verdict(cmp: CaseComparison) -> str:
+    if cmp.gate == "stages":
+        return DIVERGED if cmp.first_divergent_stage else PASS
+    final = next((s for s in cmp.stages if s.stage == FINAL_LANDMARKS), None)
+    if final is not None and not final.within_tolerance:
+        return DIVERGED
+    px = (cmp.impact or {}).get("landmarks_max_px")
+    if px is not None and not px <= cmp.landmark_tolerance_px:
+        return DIVERGED
+    return PASS
+
+
+def observed_errors(stages: Iterable[StageResult]) -> dict[str, float | None]:
+    """Errors read off the compared trace: largest mean-shift error (all iterations) and final-landmark error, px."""
+    ms = [s.max_abs for s in stages if s.kind == "mean_shifts" and s.family == "points"]
+    final = [s.max_abs for s in stages if s.stage == FINAL_LANDMARKS]
+    return {"mean_shifts_max_px": max(ms) if ms else None, "landmarks_max_px": final[0] if final else None}
+
+
+# --------------------------------------------------------------------------- convergence
+
+def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray]) -> list[ConvergenceRow]:
+    """One row per (pass, phase, iteration) present on either side, in run order."""
+    seen: set[tuple[int, str, int]] = set()
+    for key in chain(golden.keys(), trace):
+        m = _ITER_RE.match(key)
+        if m:
+            seen.add((int(m.group(1)), m.group(2), int(m.group(3))))
+
+    def order(t: tuple[int, str, int]) -> tuple:
+        phase_rank = PHASE_ORDER.index(t[1]) if t[1] in PHASE_ORDER else len(PHASE_ORDER)
+        return (t[0], phase_rank, t[1], t[2])
+
+    return [_convergence_row(golden, trace, *t) for t in sorted(seen, key=order)]
+
+
+def _convergence_row(golden: GoldenCase, trace: Mapping[str, np.ndarray], p: int, phase: str, k: int) -> ConvergenceRow:
+    def pair(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+        key = f"pass{p}/{phase}/iter{k:02d}/{name}"
+        return (golden.stage(key) if golden.has(key) else None), trace.get(key)
+
+    row = ConvergenceRow(p, phase, k)
+    g, c = pair("shape_change_norm")
+    row.shape_change_norm_golden, row.shape_change_norm_candidate = _scalar(g), _scalar(c)
+    g, c = pair("param_update")
+    row.dp_norm_golden, row.dp_norm_candidate = _norm(g), _norm(c)
+    g, c = pair("mean_shifts")
+    row.mean_shift_rms_golden, row.mean_shift_rms_candidate = _points_rms(g), _points_rms(c)
+    row.mean_shift_rms_diff = _diff_rms(g, c)
+    row.landmark_rms_diff = _diff_rms(*pair("shape"))
+    return row
+
+
+def _scalar(a: np.ndarray | None) -> float | None:
+    return None if a is None or np.size(a) != 1 else float(np.asarray(a, np.float64).ravel()[0])
+
+
+def _norm(a: np.ndarray | None) -> float | None:
+    return None if a is None else float(np.linalg.norm(np.asarray(a, np.float64)))
+
+
+def _points_rms(a: np.ndarray | None) -> float | None:
+    if a is None or np.ndim(a) != 2 or a.shape[0] == 0:
+        return None
+    a = np.asarray(a, np.float64)
+    return float(np.sqrt(np.mean(np.sum(a * a, axis=1))))
+
+
+def _diff_rms(g: np.ndarray | None, c: np.ndarray | None) -> float | None:
+    if g is None or c is None or np.shape(g) != np.shape(c) or np.ndim(g) != 2 or g.shape[0] == 0:
+        return None
+    e = metrics.point_errors(g, c)
+    with np.errstate(over="ignore"):
+        return float(np.sqrt(np.mean(e * e)))
+
+
+# --------------------------------------------------------------------------- producers
+
+class CandidateTraces:
+    """Producer of traces already written in the golden format (no fitting).
+
+    Parameters
+    ----------
+    root : path
+        A candidate case folder, or a folder of candidate case folders
+        matched to golden cases by folder name (= case id).
+    match_any : bool
+        With a single candidate case folder, use it for any golden case (the
+        CLI sets this when exactly one golden case is compared); otherwise
+        its folder name or manifest case id must equal the golden's.
+    verify : bool
+        Check every candidate array against its manifest (shape, dtype, finite).
+    """
+
+    def __init__(self, root: str | Path, match_any: bool = False, verify: bool = True):
+        self.root = Path(root)
+        self.match_any = match_any
+        self.verify = verify
+        self.single: Path | None = None
+        self.by_id: dict[str, Path] = {}
+        if (self.root / MANIFEST).is_file():
+            self.single = self.root
+        elif self.root.is_dir():
+            self.by_id = {p.name: p for p in find_cases([self.root])}
+        else:
+            raise InputError("no such candidate folder", self.root)
+        self._cache: tuple[Path, dict[str, np.ndarray]] | None = None
+
+    def path_for(self, case_id: str) -> Path:
+        """Candidate folder for a golden case id (InputError when there is none)."""
+        if self.single is not None:
+            return self.single
+        if case_id not in self.by_id:
+            raise InputError(f"no candidate trace for golden case {case_id!r}", self.root)
+        return self.by_id[case_id]
+
+    def __call__(self, case: GoldenCase, mode: str) -> dict[str, np.ndarray]:
+        path = self.path_for(case.case_id)
+        if self._cache is not None and self._cache[0] == path:
+            return self._cache[1]
+        with read_case(path, verify=self.verify) as cand:
+            if self.single is not None and not self.match_any and case.case_id not in (path.name, cand.case_id):
+                raise InputError(f"candidate is case {cand.case_id!r}, golden is {case.case_id!r}", path)
+            trace = {k: np.array(cand.stage(k)) for k in cand.keys()}
+        self._cache = (path, trace)
+        return trace
+
+
+def producer_function(mode: str) -> Callable[..., Mapping[str, np.ndarray]]:
+    """``isolated_trace`` or ``propagated_trace`` from ``clnfdiag.compare.<mode>`` (imported now).
+
+    Raises
+    ------
+    ProducerError
+        The module or function cannot be imported.
+    """
+    _check_choice("mode", mode, MODES)
+    module_name, func_name = f"clnfdiag.compare.{mode}", f"{mode}_trace"
+    try:
+        return getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as exc:
+        raise ProducerError(f"the {mode} producer {module_name}.{func_name} is not available ({exc})") from None
+
+
+def impact_function() -> Callable[..., Mapping[str, float]] | None:
+    """``clnfdiag.compare.impact.impact``, or None when that module does not exist."""
+    try:
+        module = importlib.import_module("clnfdiag.compare.impact")
+    except ModuleNotFoundError as exc:
+        if exc.name == "clnfdiag.compare.impact":
+            return None
+        raise
+    return getattr(module, "impact", None)
+
+
+class FitProducer:
+    """Producer fitting with this project's :class:`~clnfdiag.fitter.Fitter`.
+
+    The fitter (model) is loaded on first use, once per process; pickling
+    drops it, so worker processes load their own.
+
+    Parameters
+    ----------
+    models : path, optional
+        Model folder (``Fitter(models=...)``).
+    faults : iterable of str
+        Faults to inject (names from :data:`clnfdiag.faults.FAULTS`).
+    """
+
+    def __init__(self, models: str | Path | None = None, faults: Iterable[str] = ()):
+        self.models = models
+        self.faults = parse_faults(list(faults))
+        self._fitter: Any = None
+
+    @property
+    def fitter(self) -> Any:
+        """The loaded Fitter."""
+        if self._fitter is None:
+            from ..fitter import Fitter
+            self._fitter = Fitter(models=self.models)
+        return self._fitter
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fitter"] = None
+        return state
+
+    def __call__(self, case: GoldenCase, mode: str) -> Mapping[str, np.ndarray]:
+        return producer_function(mode)(case, self.fitter, self.faults)
+
+    def impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray], stage_key: str) -> Mapping[str, float] | None:
+        """The lead's impact function for one stage, or None when it does not exist."""
+        fn = impact_function()
+        return None if fn is None else fn(case, candidate, stage_key, self.fitter)
+
+
+# --------------------------------------------------------------------------- many cases
+
+@dataclass
+class _Job:
+    producer: Producer
+    modes: tuple[str, ...]
+    tolerances: Tolerances | None
+    gate: str
+    impact: CaseImpact | None
+    verify: bool
+    impact_stages: int
+
+
+def compare_case(ref: str | Path | GoldenCase, job: _Job) -> list[CaseComparison | CaseFailure]:
+    """Every mode of one golden case; bad input becomes a CaseFailure instead of an exception."""
+    try:
+        case = ref if isinstance(ref, GoldenCase) else read_case(ref, verify=job.verify)
+    except ClnfdiagError as err:
+        return [CaseFailure(str(ref), None, err.kind, str(err), err.exit_code)]
+    out: list[CaseComparison | CaseFailure] = []
+    try:
+        for mode in job.modes:
+            out.append(_compare_mode(case, mode, job))
+    finally:
+        if not isinstance(ref, GoldenCase):
+            case.close()
+    return out
+
+
+def _compare_mode(case: GoldenCase, mode: str, job: _Job) -> CaseComparison | CaseFailure:
+    t0 = time.perf_counter()
+    try:
+        trace = job.producer(case, mode)
+        bound = None if job.impact is None else partial(job.impact, case, trace)
+        cmp = compare_traces(case, trace, mode, job.tolerances, job.gate, bound, job.impact_stages)
+    except ClnfdiagError as err:
+        return CaseFailure(case.case_id, mode, err.kind, str(err), err.exit_code)
+    cmp.wall_time_s = time.perf_counter() - t0
+    return cmp
+
+
+def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Iterable[str] = ("isolated",),
+        tolerances: Tolerances | None = None, gate: str = "stages", workers: int = 1,
+        progress: Callable[[int, int], None] | None = None, impact: CaseImpact | None = None,
+        verify: bool = True, impact_stages: int = 1) -> Iterator[CaseComparison | CaseFailure]:
+    """Compare many cases, yielding results in input order as they are ready.
+
+    Parameters
+    ----------
+    cases : iterable of path or GoldenCase
+        Golden case folders (GoldenCase objects are used by path when
+        ``workers > 1``).
+    producer : callable
+        ``producer(case, mode) -> trace``; must be picklable when ``workers > 1``.
+    modes : iterable of str
+        ``isolated`` and/or ``propagated``; one comparison per case and mode.
+    tolerances : Tolerances, optional
+        Default: the shipped defaults.
+    gate : {"stages", "landmarks"}
+        See :func:`compare_traces`.
+    workers : int
+        Processes (spawned; each loads what the producer needs once).
+    progress : callable, optional
+        ``progress(cases_done, cases_total)`` after each case.
+    impact : callable, optional
+        ``impact(case, trace, stage_key) -> dict`` (see :func:`compare_traces`).
+    verify : bool
+        Verify every golden array when reading the case.
+    impact_stages : int
+        Divergent stages per comparison given an impact evaluation.
+
+    Yields
+    ------
+    CaseComparison or CaseFailure
+        A CaseFailure for a case or mode that could not be compared (bad
+        golden, bad candidate, producer error); others go on.
+    """
+    modes = tuple(modes)
+    for m in modes:
+        _check_choice("mode", m, MODES)
+    _check_choice("gate", gate, GATES)
+    refs = list(cases)
+    job = _Job(producer, modes, tolerances, gate, impact, verify, impact_stages)
+    if workers <= 1 or len(refs) <= 1:
+        for i, ref in enumerate(refs):
+            results = compare_case(ref, job)
+            if progress:
+                progress(i + 1, len(refs))
+            yield from results
+        return
+    yield from _run_parallel([r.path if isinstance(r, GoldenCase) else r for r in refs], job, workers, progress)
+
+
+_WORKER_JOB: _Job | None = None
+
+
+def _init_worker(job: _Job) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _worker(ref: str | Path) -> list[CaseComparison | CaseFailure]:
+    assert _WORKER_JOB is not None
+    return compare_case(ref, _WORKER_JOB)
+
+
+def _run_parallel(refs: list, job: _Job, workers: int,
+                  progress: Callable[[int, int], None] | None) -> Iterator[CaseComparison | CaseFailure]:
+    """Bounded look-ahead over a process pool; results come back in input order."""
+    ctx = multiprocessing.get_context("spawn")
+    ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(job,))
+    pending: deque[Future] = deque()
+    todo = iter(refs)
+    try:
+        for ref in todo:
+            pending.append(ex.submit(_worker, ref))
+            if len(pending) >= 2 * workers:
+                break
+        done = 0
+        while pending:
+            results = pending.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append(ex.submit(_worker, nxt))
+            done += 1
+            if progress:
+                progress(done, len(refs))
+            yield from results
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,302 @@
+"""Compare functions per stage family, vectorised over landmarks.
+
+Every function takes the golden and candidate arrays of one stage (already
+known to have the same shape) and a :class:`~clnfdiag.compare.tolerances.Tol`,
+and returns a dict of :class:`~clnfdiag.compare.struct.StageResult` fields.
+Differences are computed in float64; a NaN in the candidate counts as an
+infinite difference. The check is ``|c - g| <= atol + rtol * scale``, where
+the golden **scale** depends on the family:
+
+``map`` (response_raw, response_sigma, response, area_of_interest; (n, w, w))
+    one check per visible landmark (golden ``passN/visibilities``) on its
+    largest difference; scale = the landmark's golden peak ``max|map|``.
+    Per landmark: peaks, peak ratio (candidate/golden), argmax shift in map
+    pixels, Pearson correlation over the w*w values (1 when both maps are
+    constant, 0 when only one is), max abs and relative difference.
+``points`` ((n, 2) positions or displacements)
+    per-landmark Euclidean error, px. Scale: for positions (shape, landmarks,
+    landmarks_at_response, reference_shape, landmarks_before) the extent of
+    the golden set ``max(x range, y range)``; for displacements (mean_shifts,
+    mean_shifts_ref) the largest golden displacement norm.
+``vector`` (everything else with ndim >= 1)
+    elementwise; scale = max|golden| over the elements sharing a unit: the
+    6 global parameters split into scale | rotations | translations, the
+    local parameters together, a Jacobian column by column, else the whole
+    array. Rows map to landmarks when the leading size is n or 2n (x rows
+    then y rows), so per-landmark vectors also give ``worst_landmarks``.
+``scalar`` (0-d)
+    scale = |golden|; ``view_id``, ``window_size``, ``n_updates`` ... are
+    exact by their tolerance (0, 0).
+
+``max_rel`` is the largest difference divided by its scale (``inf`` when the
+scale is 0 and the values differ); ``ratio`` is the largest difference divided
+by the allowed one (> 1 means beyond tolerance).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .tolerances import Tol
+
+MAP_KINDS = frozenset({"response_raw", "response_sigma", "response", "area_of_interest"})
+POSITION_KINDS = frozenset({"shape", "landmarks", "landmarks_at_response", "reference_shape", "landmarks_before"})
+DISPLACEMENT_KINDS = frozenset({"mean_shifts", "mean_shifts_ref"})
+#: Vectors of 6 global parameters [scale, rot_x, rot_y, rot_z, t_x, t_y].
+GLOBAL_PARAM_KINDS = frozenset({"params_global", "params_global_in", "final_global"})
+#: Landmarks listed in a StageResult's worst_landmarks at most.
+MAX_WORST = 10
+_GLOBAL_GROUPS = (slice(0, 1), slice(1, 4), slice(4, 6))
+
+
+def family(kind: str, shape: tuple[int, ...]) -> str:
+    """Metric family of a stage: ``map``, ``points``, ``vector`` or ``scalar``."""
+    if len(shape) == 0:
+        return "scalar"
+    if kind in MAP_KINDS and len(shape) == 3:
+        return "map"
+    if kind in POSITION_KINDS | DISPLACEMENT_KINDS and len(shape) == 2 and shape[1] == 2:
+        return "points"
+    return "vector"
+
+
+# --------------------------------------------------------------------------- elementary pieces
+
+def abs_diff(golden: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """``|candidate - golden|`` in float64, NaN replaced by inf."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        d = np.abs(np.asarray(candidate, np.float64) - np.asarray(golden, np.float64))
+    d[np.isnan(d)] = np.inf
+    return d
+
+
+def safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with 0/0 = 0 and x/0 = inf for x > 0."""
+    num = np.asarray(num, np.float64)
+    den = np.broadcast_to(np.asarray(den, np.float64), num.shape)
+    out = np.zeros(num.shape)
+    nz = den > 0
+    out[nz] = num[nz] / den[nz]
+    out[~nz & (num > 0)] = np.inf
+    return out
+
+
+def pearson(golden: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of two (n, m) arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,); 1 where both rows are constant, 0 where only one is.
+    """
+    g = np.asarray(golden, np.float64)
+    c = np.asarray(candidate, np.float64)
+    g = g - g.mean(axis=1, keepdims=True)
+    c = c - c.mean(axis=1, keepdims=True)
+    sg = np.sqrt((g * g).sum(axis=1))
+    sc = np.sqrt((c * c).sum(axis=1))
+    den = sg * sc
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (g * c).sum(axis=1) / den
+    r = np.where(den > 0, r, np.where((sg == 0) & (sc == 0), 1.0, 0.0))
+    return np.clip(r, -1.0, 1.0)
+
+
+def peak_positions(maps: np.ndarray) -> np.ndarray:
+    """(n, 2) ``(row, col)`` of each map's maximum (first one on ties)."""
+    n, h, w = maps.shape
+    flat = np.nan_to_num(np.asarray(maps, np.float64).reshape(n, h * w), nan=-np.inf)
+    idx = flat.argmax(axis=1)
+    return np.stack([idx // w, idx % w], axis=1).astype(np.float64)
+
+
+def worst(ratio: np.ndarray, error: np.ndarray, beyond: np.ndarray, cap: int = MAX_WORST) -> list[int]:
+    """Indices beyond tolerance, worst first (by error/allowed, then by error), at most ``cap``."""
+    idx = np.flatnonzero(beyond)
+    order = np.lexsort((-error[idx], -ratio[idx]))
+    return [int(i) for i in idx[order][:cap]]
+
+
+def _summary(err: np.ndarray, allowed: np.ndarray, rel: np.ndarray) -> dict[str, Any]:
+    """Common StageResult fields from elementwise errors, allowed errors and relative errors."""
+    if err.size == 0:
+        return {"max_abs": 0.0, "rms": 0.0, "max_rel": 0.0, "ratio": 0.0}
+    with np.errstate(over="ignore", invalid="ignore"):
+        rms = float(np.sqrt(np.mean(np.square(err))))
+    return {"max_abs": float(err.max()), "rms": rms, "max_rel": float(rel.max()),
+            "ratio": float(safe_div(err, allowed).max())}
+
+
+# --------------------------------------------------------------------------- maps
+
+def map_metrics(golden: np.ndarray, candidate: np.ndarray, visible: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-landmark metrics of (n, w, w) maps; NaN for invisible landmarks.
+
+    Parameters
+    ----------
+    golden, candidate : numpy.ndarray
+        (n, h, w) maps.
+    visible : numpy.ndarray, optional
+        (n,) truthy where the landmark is compared (default: all).
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        (n,) arrays ``peak_golden``, ``peak_candidate``, ``peak_ratio``,
+        ``peak_shift_px``, ``correlation``, ``max_abs_per_landmark``,
+        ``rms_per_landmark``, ``rel_per_landmark``, and the bool ``visible``.
+    """
+    n = golden.shape[0]
+    vis = np.ones(n, bool) if visible is None else np.asarray(visible).astype(bool).reshape(n)
+    g = np.asarray(golden, np.float64).reshape(n, -1)
+    c = np.asarray(candidate, np.float64).reshape(n, -1)
+    d = abs_diff(g, c)
+    out = {
+        "peak_golden": np.abs(g).max(axis=1, initial=0.0),
+        "peak_candidate": np.nan_to_num(np.abs(c), nan=np.inf).max(axis=1, initial=0.0),
+        "max_abs_per_landmark": d.max(axis=1, initial=0.0),
+    }
+    with np.errstate(over="ignore", invalid="ignore"):
+        out["rms_per_landmark"] = np.sqrt(np.mean(np.square(d), axis=1)) if d.shape[1] else np.zeros(n)
+    out["peak_ratio"] = _ratio_one_when_equal(out["peak_candidate"], out["peak_golden"])
+    out["rel_per_landmark"] = safe_div(out["max_abs_per_landmark"], out["peak_golden"])
+    shift = peak_positions(golden) - peak_positions(candidate)
+    out["peak_shift_px"] = np.hypot(shift[:, 0], shift[:, 1])
+    out["correlation"] = pearson(g, np.nan_to_num(c, nan=0.0))
+    for key in out:
+        out[key] = np.where(vis, out[key], np.nan)
+    out["visible"] = vis
+    return out
+
+
+def _ratio_one_when_equal(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num/den, with 0/0 = 1 (two all-zero maps have the same peak)."""
+    r = safe_div(num, den)
+    return np.where((num == 0) & (den == 0), 1.0, r)
+
+
+def compare_maps(golden: np.ndarray, candidate: np.ndarray, tol: Tol, visible: np.ndarray | None = None) -> dict[str, Any]:
+    """StageResult fields of a map stage: one check per visible landmark on its largest difference."""
+    m = map_metrics(golden, candidate, visible)
+    vis = m.pop("visible")
+    err = np.where(vis, m["max_abs_per_landmark"], 0.0)
+    scale = np.where(vis, m["peak_golden"], 0.0)
+    allowed = tol.allowed(scale)
+    ratio = safe_div(err, allowed)
+    beyond = vis & (err > allowed)
+    n = golden.shape[0]
+    vals = abs_diff(golden.reshape(n, -1)[vis], candidate.reshape(n, -1)[vis])
+    out = _summary(err[vis], allowed[vis], safe_div(err, scale)[vis])
+    if vals.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            out["rms"] = float(np.sqrt(np.mean(np.square(vals))))
+    out.update(within_tolerance=not beyond.any(), n_beyond=int(beyond.sum()),
+               worst_landmarks=worst(ratio, err, beyond))
+    out.update({k: v for k, v in m.items() if k != "rms_per_landmark"})
+    return out
+
+
+# --------------------------------------------------------------------------- points
+
+def point_errors(golden: np.ndarray, candidate: np.ndarray) -> np.ndarray:
+    """(n,) Euclidean distance between matching points of two (n, 2) arrays; NaN -> inf."""
+    d = abs_diff(golden, candidate)
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.sqrt(np.square(d).sum(axis=1))
+
+
+def point_scale(golden: np.ndarray, kind: str) -> float:
+    """Golden magnitude of a point set: extent for positions, largest norm for displacements."""
+    g = np.asarray(golden, np.float64)
+    if g.size == 0:
+        return 0.0
+    if kind in DISPLACEMENT_KINDS:
+        return float(np.hypot(g[:, 0], g[:, 1]).max())
+    return float(np.ptp(g, axis=0).max())
+
+
+def compare_points(golden: np.ndarray, candidate: np.ndarray, tol: Tol, kind: str) -> dict[str, Any]:
+    """StageResult fields of an (n, 2) point stage: per-landmark Euclidean error in px."""
+    err = point_errors(golden, candidate)
+    scale = point_scale(golden, kind)
+    allowed = np.full(err.shape, tol.allowed(scale))
+    beyond = err > allowed
+    out = _summary(err, allowed, safe_div(err, np.full(err.shape, scale)))
+    out.update(within_tolerance=not beyond.any(), n_beyond=int(beyond.sum()),
+               worst_landmarks=worst(safe_div(err, allowed), err, beyond), error_px=err)
+    return out
+
+
+# --------------------------------------------------------------------------- vectors and scalars
+
+def vector_scale(golden: np.ndarray, kind: str) -> np.ndarray:
+    """Per-element golden scale: max|golden| over the elements sharing a unit (module docstring)."""
+    a = np.abs(np.asarray(golden, np.float64))
+    if a.size == 0:
+        return a
+    if kind in GLOBAL_PARAM_KINDS and a.shape == (6,):
+        return _grouped_max(a, _GLOBAL_GROUPS)
+    if kind == "param_update" and a.ndim == 1 and a.shape[0] >= 6:
+        return _grouped_max(a, _GLOBAL_GROUPS + (slice(6, None),))
+    if kind == "jacobian" and a.ndim == 2:
+        return np.broadcast_to(a.max(axis=0, keepdims=True), a.shape).copy()
+    return np.full(a.shape, a.max())
+
+
+def _grouped_max(a: np.ndarray, groups: tuple[slice, ...]) -> np.ndarray:
+    out = np.empty_like(a)
+    for s in groups:
+        if a[s].size:
+            out[s] = a[s].max()
+    return out
+
+
+def landmark_rows(n_rows: int, n_landmarks: int) -> np.ndarray | None:
+    """Landmark index of each leading row when the leading size is n or 2n (x rows then y rows), else None."""
+    if n_landmarks <= 0:
+        return None
+    if n_rows == n_landmarks:
+        return np.arange(n_rows)
+    if n_rows == 2 * n_landmarks:
+        return np.arange(n_rows) % n_landmarks
+    return None
+
+
+def compare_vectors(golden: np.ndarray, candidate: np.ndarray, tol: Tol, kind: str,
+                    n_landmarks: int = 68) -> dict[str, Any]:
+    """StageResult fields of an elementwise stage (parameters, Jacobian, weights, dxs ...)."""
+    err = abs_diff(golden, candidate)
+    scale = vector_scale(golden, kind)
+    allowed = tol.allowed(scale)
+    beyond = err > allowed
+    out = _summary(err.ravel(), np.ravel(allowed), safe_div(err, scale).ravel())
+    out.update(within_tolerance=not beyond.any(), n_beyond=int(beyond.sum()), worst_landmarks=[])
+    rows = landmark_rows(err.shape[0], n_landmarks) if err.ndim >= 1 else None
+    if rows is not None and err.size:
+        out.update(_per_landmark_worst(err, safe_div(err, allowed), beyond, rows, n_landmarks))
+    return out
+
+
+def _per_landmark_worst(err: np.ndarray, ratio: np.ndarray, beyond: np.ndarray, rows: np.ndarray,
+                        n_landmarks: int) -> dict[str, Any]:
+    """Reduce elementwise error/ratio/beyond to landmarks through the row -> landmark map."""
+    k = len(rows)
+    e = np.zeros(n_landmarks)
+    r = np.zeros(n_landmarks)
+    b = np.zeros(n_landmarks, bool)
+    np.maximum.at(e, rows, err.reshape(k, -1).max(axis=1))
+    np.maximum.at(r, rows, ratio.reshape(k, -1).max(axis=1))
+    np.logical_or.at(b, rows, beyond.reshape(k, -1).any(axis=1))
+    return {"worst_landmarks": worst(r, e, b), "n_beyond": int(b.sum())}
+
+
+def compare_scalars(golden: np.ndarray, candidate: np.ndarray, tol: Tol) -> dict[str, Any]:
+    """StageResult fields of a 0-d stage."""
+    err = abs_diff(golden, candidate).reshape(1)
+    scale = np.abs(np.asarray(golden, np.float64)).reshape(1)
+    allowed = tol.allowed(scale)
+    beyond = bool(err[0] > allowed[0])
+    out = _summary(err, allowed, safe_div(err, scale))
+    out.update(within_tolerance=not beyond, n_beyond=int(beyond), worst_landmarks=[])
+    return out

@@ -1,0 +1,457 @@
+"""Result types of the comparator: one stage, one case, one run.
+
+Only small arrays live here (per-landmark values, never whole maps), so a run
+over many cases can keep every :class:`CaseComparison` in memory.
+
+JSON contract of one case (:meth:`CaseComparison.to_json`; more fields may be added)::
+
+    {"case": str, "mode": "isolated" | "propagated", "gate": "stages" | "landmarks",
+     "verdict": "pass" | "diverged",
+     "first_divergent_stage": key or null,
+     "impact": {"mean_shifts_max_px": float, "landmarks_max_px": float} or null,
+     "observed": {"mean_shifts_max_px": float or null, "landmarks_max_px": float or null},
+     "landmark_tolerance_px": float, "noise_floor_px": float or null,
+     "missing_keys": [key, ...], "n_extra_keys": int, "wall_time_s": float,
+     "stages": [{"stage", "kind", "max_abs", "rms", "max_rel", "ratio", "atol", "rtol",
+                 "within_tolerance", "reaches_landmarks", "worst_landmarks": [int, ...],
+                 "n_beyond", "note", ... per-landmark lists for stages beyond tolerance}],
+     "convergence": [{"pass", "phase", "iteration", "shape_change_norm_golden", ...}]}
+
+Numbers that are not finite (a NaN in a candidate gives an infinite error)
+are written as ``null`` so that the output stays strict JSON.
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import numpy as np
+
+#: Verdicts of a case comparison.
+PASS = "pass"
+DIVERGED = "diverged"
+
+#: Per-landmark arrays a map stage carries (name -> meaning), in report order.
+MAP_FIELDS = {
+    "peak_golden": "golden peak max|map| of the landmark",
+    "peak_candidate": "candidate peak max|map|",
+    "peak_ratio": "candidate peak / golden peak",
+    "peak_shift_px": "distance between the argmax positions, map pixels",
+    "correlation": "Pearson correlation over the w*w values (1 when both maps are constant)",
+    "max_abs_per_landmark": "max |candidate - golden| over the map",
+    "rel_per_landmark": "max_abs_per_landmark / peak_golden",
+}
+#: Per-landmark array of point stages.
+POINT_FIELDS = {"error_px": "Euclidean distance candidate-golden per landmark, px"}
+
+
+def json_number(x: Any) -> float | int | None:
+    """A finite float (or int) for JSON, None for None/NaN/inf."""
+    if x is None:
+        return None
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+def json_list(arr: np.ndarray | None) -> list | None:
+    """A 1-d array as a JSON list, non-finite values as None."""
+    if arr is None:
+        return None
+    return [json_number(v) for v in np.asarray(arr, dtype=np.float64).ravel()]
+
+
+@dataclass
+class StageResult:
+    """Comparison of one stage key.
+
+    Attributes
+    ----------
+    stage : str
+        Golden key, e.g. ``pass0/rigid/iter03/mean_shifts``.
+    kind : str
+        The key's last component (``mean_shifts``); selects metric and tolerance.
+    family : str
+        ``map``, ``points``, ``vector`` or ``scalar``.
+    pass_index, phase, iteration : int, str, int or None
+        Parsed from the key when present.
+    shape : tuple of int
+        Golden shape.
+    max_abs : float
+        Largest absolute difference (maps, vectors, scalars: elementwise;
+        points: largest per-landmark Euclidean error, px). ``inf`` when the
+        shapes differ or the candidate holds NaN.
+    rms : float
+        Root mean square of the same differences.
+    max_rel : float
+        Largest difference relative to the golden scale of its element
+        (see :mod:`clnfdiag.compare.metrics`).
+    ratio : float
+        Largest difference / allowed difference; > 1 means beyond tolerance.
+    atol, rtol : float
+        Tolerance used: ``|c - g| <= atol + rtol * scale``.
+    within_tolerance : bool
+        No element or landmark beyond tolerance.
+    n_beyond : int
+        Landmarks (maps, points, per-landmark vectors) or elements beyond tolerance.
+    worst_landmarks : list of int
+        Landmarks beyond tolerance, worst first, at most 10.
+    reaches_landmarks : bool or None
+        From the caller's impact function: the stage's difference moves the
+        final landmarks beyond their tolerance. None when not evaluated.
+    impact : dict or None
+        The impact function's answer for this stage.
+    note : str
+        Why a stage could not be compared value by value (shape mismatch).
+    peak_golden ... rel_per_landmark : numpy.ndarray or None
+        Map stages: per-landmark arrays (NaN for invisible landmarks), see
+        :data:`MAP_FIELDS`.
+    error_px : numpy.ndarray or None
+        Point stages: per-landmark Euclidean error.
+    """
+
+    stage: str
+    kind: str
+    family: str
+    pass_index: int | None = None
+    phase: str | None = None
+    iteration: int | None = None
+    shape: tuple[int, ...] = ()
+    max_abs: float = 0.0
+    rms: float = 0.0
+    max_rel: float = 0.0
+    ratio: float = 0.0
+    atol: float = 0.0
+    rtol: float = 0.0
+    within_tolerance: bool = True
+    n_beyond: int = 0
+    worst_landmarks: list[int] = field(default_factory=list)
+    reaches_landmarks: bool | None = None
+    impact: dict | None = None
+    note: str = ""
+    peak_golden: np.ndarray | None = field(default=None, repr=False)
+    peak_candidate: np.ndarray | None = field(default=None, repr=False)
+    peak_ratio: np.ndarray | None = field(default=None, repr=False)
+    peak_shift_px: np.ndarray | None = field(default=None, repr=False)
+    correlation: np.ndarray | None = field(default=None, repr=False)
+    max_abs_per_landmark: np.ndarray | None = field(default=None, repr=False)
+    rel_per_landmark: np.ndarray | None = field(default=None, repr=False)
+    error_px: np.ndarray | None = field(default=None, repr=False)
+
+    def per_landmark(self) -> dict[str, np.ndarray]:
+        """The per-landmark arrays this stage carries, by name."""
+        names = list(MAP_FIELDS) + list(POINT_FIELDS)
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    def to_json(self, per_landmark: bool = False) -> dict:
+        """JSON-ready dict (see the module docstring); per-landmark lists on request."""
+        out = {
+            "stage": self.stage,
+            "kind": self.kind,
+            "max_abs": json_number(self.max_abs),
+            "rms": json_number(self.rms),
+            "max_rel": json_number(self.max_rel),
+            "ratio": json_number(self.ratio),
+            "atol": self.atol,
+            "rtol": self.rtol,
+            "within_tolerance": bool(self.within_tolerance),
+            "reaches_landmarks": self.reaches_landmarks,
+            "worst_landmarks": [int(i) for i in self.worst_landmarks],
+            "n_beyond": int(self.n_beyond),
+        }
+        if self.note:
+            out["note"] = self.note
+        if self.impact is not None:
+            out["impact"] = {k: json_number(v) for k, v in self.impact.items()}
+        if per_landmark:
+            out.update({name: json_list(arr) for name, arr in self.per_landmark().items()})
+        return out
+
+
+@dataclass
+class ConvergenceRow:
+    """Convergence of one NU-RLMS iteration, golden vs candidate (None where a side lacks it).
+
+    Attributes
+    ----------
+    pass_index, phase, iteration : int, str, int
+        Where in the fit.
+    shape_change_norm_golden, shape_change_norm_candidate : float or None
+        ``iterKK/shape_change_norm`` (absent at iteration 0).
+    dp_norm_golden, dp_norm_candidate : float or None
+        Euclidean norm of ``iterKK/param_update``.
+    mean_shift_rms_golden, mean_shift_rms_candidate : float or None
+        RMS over landmarks of the mean-shift length (image frame, px).
+    mean_shift_rms_diff : float or None
+        RMS over landmarks of |candidate - golden mean-shift|, px.
+    landmark_rms_diff : float or None
+        RMS over landmarks of |candidate - golden ``iterKK/shape``|, px.
+    """
+
+    pass_index: int
+    phase: str
+    iteration: int
+    shape_change_norm_golden: float | None = None
+    shape_change_norm_candidate: float | None = None
+    dp_norm_golden: float | None = None
+    dp_norm_candidate: float | None = None
+    mean_shift_rms_golden: float | None = None
+    mean_shift_rms_candidate: float | None = None
+    mean_shift_rms_diff: float | None = None
+    landmark_rms_diff: float | None = None
+
+    def to_json(self) -> dict:
+        """JSON-ready dict; key ``pass`` for the pass index."""
+        out: dict[str, Any] = {"pass": self.pass_index, "phase": self.phase, "iteration": self.iteration}
+        for name in ("shape_change_norm_golden", "shape_change_norm_candidate", "dp_norm_golden",
+                     "dp_norm_candidate", "mean_shift_rms_golden", "mean_shift_rms_candidate",
+                     "mean_shift_rms_diff", "landmark_rms_diff"):
+            out[name] = json_number(getattr(self, name))
+        return out
+
+
+@dataclass
+class CaseComparison:
+    """A candidate trace compared with one golden case in one mode.
+
+    Attributes
+    ----------
+    case : str
+        Golden case id.
+    mode : str
+        ``isolated`` or ``propagated``.
+    gate : str
+        ``stages`` (any stage beyond tolerance fails) or ``landmarks``
+        (only the final landmarks, or the impact on them, fail).
+    verdict : str
+        ``pass`` or ``diverged`` under the gate.
+    first_divergent_stage : str or None
+        First stage, in execution order, beyond tolerance (whatever the gate).
+    impact : dict or None
+        ``{mean_shifts_max_px, landmarks_max_px}`` of the first divergent
+        stage, from the caller's impact function; None when not evaluated.
+    observed : dict
+        Read off the compared trace itself: largest mean-shift error over all
+        mean-shift stages and final-landmark error, px (None when absent).
+    stages : list of StageResult
+        In execution order (golden manifest order).
+    missing_keys : list of str
+        Golden keys the candidate does not have.
+    extra_keys : list of str
+        Candidate keys the golden does not have (not compared).
+    convergence : list of ConvergenceRow
+        One row per (pass, phase, iteration) of either side.
+    landmark_tolerance_px : float
+        Allowed final-landmark error (with the noise floor in propagated mode).
+    noise_floor_px : float or None
+        The case's C++ noise floor (CPP_FLOOR.json) when one was found.
+    golden_path : str
+        The golden case folder.
+    wall_time_s : float
+        Time to produce and compare the candidate.
+    """
+
+    case: str
+    mode: str
+    gate: str = "stages"
+    verdict: str = PASS
+    first_divergent_stage: str | None = None
+    impact: dict | None = None
+    observed: dict = field(default_factory=dict)
+    stages: list[StageResult] = field(default_factory=list)
+    missing_keys: list[str] = field(default_factory=list)
+    extra_keys: list[str] = field(default_factory=list)
+    convergence: list[ConvergenceRow] = field(default_factory=list)
+    landmark_tolerance_px: float = 0.01
+    noise_floor_px: float | None = None
+    golden_path: str = ""
+    wall_time_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        """True when the verdict is ``pass``."""
+        return self.verdict == PASS
+
+    def stage(self, key: str) -> StageResult:
+        """The result for one stage key (KeyError if it was not compared)."""
+        for s in self.stages:
+            if s.stage == key:
+                return s
+        raise KeyError(key)
+
+    @property
+    def divergent_stages(self) -> list[StageResult]:
+        """Stages beyond tolerance, in execution order."""
+        return [s for s in self.stages if not s.within_tolerance]
+
+    @property
+    def worst_stage(self) -> StageResult | None:
+        """Stage with the largest error/allowed ratio (the first one on ties)."""
+        best: StageResult | None = None
+        for s in self.stages:
+            if best is None or _ratio_key(s) > _ratio_key(best):
+                best = s
+        return best
+
+    def to_json(self, per_landmark: str = "diverged") -> dict:
+        """JSON-ready dict (module docstring).
+
+        Parameters
+        ----------
+        per_landmark : {"diverged", "all", "none"}
+            Which stages carry their per-landmark lists.
+        """
+        def want(s: StageResult) -> bool:
+            return per_landmark == "all" or (per_landmark == "diverged" and not s.within_tolerance)
+
+        return {
+            "case": self.case,
+            "mode": self.mode,
+            "gate": self.gate,
+            "verdict": self.verdict,
+            "first_divergent_stage": self.first_divergent_stage,
+            "impact": None if self.impact is None else {k: json_number(v) for k, v in self.impact.items()},
+            "observed": {k: json_number(v) for k, v in self.observed.items()},
+            "landmark_tolerance_px": json_number(self.landmark_tolerance_px),
+            "noise_floor_px": json_number(self.noise_floor_px),
+            "golden_path": self.golden_path,
+            "missing_keys": list(self.missing_keys),
+            "n_extra_keys": len(self.extra_keys),
+            "wall_time_s": round(self.wall_time_s, 4),
+            "stages": [s.to_json(per_landmark=want(s)) for s in self.stages],
+            "convergence": [r.to_json() for r in self.convergence],
+        }
+
+
+@dataclass
+class CaseFailure:
+    """A case that could not be compared (bad golden, bad candidate, producer error).
+
+    Attributes
+    ----------
+    case : str
+        Case id, or the path given when the case could not be read.
+    mode : str or None
+        Mode being run, None when the golden itself failed.
+    kind : str
+        Error kind (``golden error``, ``input error`` ...).
+    error : str
+        One-line message.
+    exit_code : int
+        Exit code of the error (2).
+    """
+
+    case: str
+    mode: str | None
+    kind: str
+    error: str
+    exit_code: int = 2
+
+    passed = False
+    verdict = "error"
+
+    def line(self) -> str:
+        """``clnfdiag: <kind>: <message>``, as the CLI reports errors."""
+        return f"clnfdiag: {self.kind}: {self.error}"
+
+    def to_json(self) -> dict:
+        """JSON-ready dict."""
+        return {"case": self.case, "mode": self.mode, "kind": self.kind, "error": self.error}
+
+
+def _ratio_key(s: StageResult) -> tuple[float, float]:
+    r = s.ratio if math.isfinite(s.ratio) else math.inf
+    return (r, s.max_rel if math.isfinite(s.max_rel) else math.inf)
+
+
+@dataclass
+class Summary:
+    """Counts and extremes over a run.
+
+    Attributes
+    ----------
+    total, passed, diverged, errors : int
+        Comparisons (case x mode) in each state; ``errors`` counts failures.
+    by_mode : dict[str, dict[str, int]]
+        ``{mode: {"total", "passed", "diverged"}}``.
+    first_divergent_kinds : dict[str, int]
+        How often each stage kind was the first to diverge.
+    worst : dict or None
+        ``{case, mode, stage, max_abs, max_rel, ratio}`` of the stage with the
+        largest error/allowed ratio over the run.
+    wall_time_s : float
+        Wall time of the whole run.
+    """
+
+    total: int = 0
+    passed: int = 0
+    diverged: int = 0
+    errors: int = 0
+    by_mode: dict[str, dict[str, int]] = field(default_factory=dict)
+    first_divergent_kinds: dict[str, int] = field(default_factory=dict)
+    worst: dict | None = None
+    wall_time_s: float = 0.0
+
+    @classmethod
+    def from_results(cls, results: Iterable[CaseComparison | CaseFailure], wall_time_s: float = 0.0) -> "Summary":
+        """Summarise comparisons and failures."""
+        s = cls(wall_time_s=wall_time_s)
+        kinds: Counter[str] = Counter()
+        worst_key: tuple[float, float] | None = None
+        for r in results:
+            if isinstance(r, CaseFailure):
+                s.errors += 1
+                continue
+            s.total += 1
+            m = s.by_mode.setdefault(r.mode, {"total": 0, "passed": 0, "diverged": 0})
+            m["total"] += 1
+            key = "passed" if r.passed else "diverged"
+            m[key] += 1
+            setattr(s, key, getattr(s, key) + 1)
+            if r.first_divergent_stage:
+                kinds[r.first_divergent_stage.rsplit("/", 1)[-1]] += 1
+            w = r.worst_stage
+            if w is not None and (worst_key is None or _ratio_key(w) > worst_key):
+                worst_key = _ratio_key(w)
+                s.worst = {"case": r.case, "mode": r.mode, "stage": w.stage, "max_abs": w.max_abs,
+                           "max_rel": w.max_rel, "ratio": w.ratio, "within_tolerance": w.within_tolerance}
+        s.first_divergent_kinds = dict(kinds.most_common())
+        return s
+
+    @property
+    def exit_code(self) -> int:
+        """2 when any case failed, else 1 when any diverged, else 0."""
+        return 2 if self.errors else (1 if self.diverged else 0)
+
+    def line(self) -> str:
+        """One human line: cases passed/total, worst stage and error, wall time."""
+        text = f"{self.passed}/{self.total} comparisons passed"
+        if len(self.by_mode) > 1:
+            text += " (" + ", ".join(f"{m} {v['passed']}/{v['total']}" for m, v in self.by_mode.items()) + ")"
+        if self.errors:
+            text += f", {self.errors} could not be compared"
+        if self.worst is not None:
+            w = self.worst
+            text += (f"; worst stage {w['stage']} ({w['case']}, {w['mode']}): max_abs {_fmt(w['max_abs'])}"
+                     f" max_rel {_fmt(w['max_rel'])} = {_fmt(w['ratio'])}x tolerance")
+        return text + f"; {self.wall_time_s:.1f} s"
+
+    def to_json(self) -> dict:
+        """JSON-ready dict."""
+        worst = None if self.worst is None else {
+            k: (json_number(v) if isinstance(v, (float, np.floating)) else v) for k, v in self.worst.items()}
+        return {"total": self.total, "passed": self.passed, "diverged": self.diverged, "errors": self.errors,
+                "by_mode": self.by_mode, "first_divergent_kinds": self.first_divergent_kinds,
+                "worst": worst, "wall_time_s": round(self.wall_time_s, 3), "exit_code": self.exit_code}
+
+
+def _fmt(x: float | None) -> str:
+    """Short human number (3 significant digits)."""
+    if x is None:
+        return "-"
+    return f"{x:.3g}" if math.isfinite(x) else "inf"

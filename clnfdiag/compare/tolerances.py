@@ -1,0 +1,305 @@
+"""Per-stage-kind tolerances: defaults, TOML overrides, the C++ noise floor.
+
+A value is **within tolerance** when ``|candidate - golden| <= atol + rtol * scale``;
+``scale`` is the golden magnitude that :mod:`clnfdiag.compare.metrics` uses for
+the stage kind (a landmark's map peak, a point set's extent, max|golden| of a
+vector's unit group, |golden| of a scalar). ``atol = rtol = 0`` means equal.
+
+The defaults come from ``clnfdiag/data/default_tolerances.toml`` (shipped):
+
+=====================================================  =========  =========  ==================
+kind                                                   atol       rtol       propagated
+=====================================================  =========  =========  ==================
+window_size, scale_index, view_id, visibilities,       0          0          same (exact)
+n_updates, success, parts_used, gray
+response_raw, response_sigma, response                 0          1e-5 peak  rtol 1e-2
+area_of_interest                                       1e-3 grey  0          atol 1.0 grey
+dxs, dys                                               1e-4       0          atol 1e-2
+mean_shifts, mean_shifts_ref                           1e-4 px    0          atol 1e-2 px
+jacobian                                               0          1e-4       rtol 1e-3
+param_update                                           1e-6       1e-3       1e-4, 5e-2
+params_global, params_local, final_global,             0          1e-5       rtol 1e-3
+final_local, params_global_in, params_local_in
+shape, landmarks_at_response, reference_shape          1e-3 px    0          shape, landmarks_at
+                                                                             _response 1e-2 px
+shape_change_norm                                      1e-3       1e-4       1e-2, 1e-2
+sim_img_to_ref, sim_ref_to_img                         0          1e-5       rtol 1e-4
+sigma, reg_factor, weight_factor, weights              0          1e-5       same
+landmark_likelihoods, likelihood                       0          1e-4       rtol 1e-2
+landmarks, landmarks_before                            1e-2 px    0          see below
+default (a kind no entry names)                        0          1e-5       same
+=====================================================  =========  =========  ==================
+
+Isolated stages are recomputed from the golden's own inputs and match to
+float32 rounding, hence the tight column. In **propagated** mode a difference
+feeds every later stage, so the ``[propagated]`` table loosens intermediate
+stages (a kind it does not name keeps the isolated value); ``final/landmarks``
+is still judged at ``landmarks`` (0.01 px) or the case's C++ noise floor from
+``CPP_FLOOR.json`` next to the case folder, whichever is larger
+(:func:`landmark_floor`).
+
+Overrides: ``--tolerances FILE`` (TOML) or, when no file is given,
+``[tool.clnfdiag.tolerances]`` of ``./pyproject.toml``; same layout as the
+defaults, each entry may give ``atol``, ``rtol`` or both (the other keeps its
+default)::
+
+    response = { rtol = 1e-4 }
+    [propagated]
+    mean_shifts = { atol = 0.05 }
+
+An unknown kind, an unknown field or a value that is not a finite number >= 0
+is an :class:`~clnfdiag.errors.InputError` naming the file and the key.
+"""
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..errors import GoldenError, InputError
+
+#: Modes a comparison runs in.
+MODES = ("isolated", "propagated")
+#: Name of the shipped defaults file in ``clnfdiag/data``.
+DEFAULTS_FILE = "default_tolerances.toml"
+#: File holding per-case end-to-end noise floors, looked up next to a case folder.
+FLOOR_FILE = "CPP_FLOOR.json"
+#: Final-landmark tolerance when nothing else says (px).
+LANDMARK_ATOL = 0.01
+_FIELDS = ("atol", "rtol")
+
+
+@dataclass(frozen=True)
+class Tol:
+    """Absolute and relative tolerance of one stage kind.
+
+    Attributes
+    ----------
+    atol : float
+        Absolute part (unit of the stage: px, grey levels ...).
+    rtol : float
+        Relative part, times the golden scale.
+    """
+
+    atol: float
+    rtol: float
+
+    def allowed(self, scale: Any) -> Any:
+        """``atol + rtol * scale`` (scalar or array)."""
+        return self.atol + self.rtol * scale
+
+    @property
+    def exact(self) -> bool:
+        """True when the values must be equal."""
+        return self.atol == 0 and self.rtol == 0
+
+
+@dataclass
+class Tolerances:
+    """Tolerance tables of both modes.
+
+    Attributes
+    ----------
+    isolated : dict[str, Tol]
+        Every known kind (plus ``default``).
+    propagated : dict[str, Tol]
+        Kinds loosened in propagated mode; others fall back to ``isolated``.
+    source : str
+        Where the overrides came from (``defaults`` or a file path).
+    """
+
+    isolated: dict[str, Tol]
+    propagated: dict[str, Tol] = field(default_factory=dict)
+    source: str = "defaults"
+
+    def get(self, kind: str, mode: str = "isolated") -> Tol:
+        """Tolerance of ``kind`` in ``mode`` (``default`` for an unnamed kind)."""
+        if mode == "propagated" and kind in self.propagated:
+            return self.propagated[kind]
+        return self.isolated.get(kind, self.isolated["default"])
+
+    @property
+    def kinds(self) -> list[str]:
+        """Kinds that may be configured."""
+        return list(self.isolated)
+
+    def to_json(self) -> dict:
+        """``{"source", "isolated": {kind: {atol, rtol}}, "propagated": {...}}``."""
+        def table(t: dict[str, Tol]) -> dict:
+            return {k: {"atol": v.atol, "rtol": v.rtol} for k, v in t.items()}
+        return {"source": self.source, "isolated": table(self.isolated), "propagated": table(self.propagated)}
+
+
+def _defaults_text() -> tuple[str, str]:
+    res = resources.files("clnfdiag") / "data" / DEFAULTS_FILE
+    return res.read_text(encoding="utf-8"), str(res)
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> tuple[dict[str, Tol], dict[str, Tol]]:
+    text, where = _defaults_text()
+    data = _parse_toml(text, where)
+    iso = {k: _tol(v, None, where, k) for k, v in data.items() if k != "propagated"}
+    prop_data = data.get("propagated", {})
+    prop = {k: _tol(v, iso.get(k), where, f"propagated.{k}") for k, v in prop_data.items()}
+    return iso, prop
+
+
+def default_tolerances() -> Tolerances:
+    """The shipped defaults (a fresh object; changing it does not change the defaults)."""
+    iso, prop = _defaults()
+    return Tolerances(dict(iso), dict(prop), "defaults")
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"invalid TOML: {exc}", where) from None
+
+
+def _number(value: Any, where: str, key: str) -> float:
+    """A finite float >= 0, else InputError naming ``where`` and ``key``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"must be a number, got {value!r}", where, key)
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise InputError(f"must be a finite number >= 0, got {value!r}", where, key)
+    return value
+
+
+def _tol(entry: Any, base: Tol | None, where: str, key: str) -> Tol:
+    """One ``{atol, rtol}`` entry merged over ``base`` (missing fields default to base, else 0)."""
+    if not isinstance(entry, dict):
+        raise InputError("must be a table like { atol = 0.0, rtol = 1e-5 }", where, key)
+    for name in entry:
+        if name not in _FIELDS:
+            raise InputError(f"unknown field {name!r} (expected atol, rtol)", where, f"{key}.{name}")
+    values = {n: _number(entry[n], where, f"{key}.{n}") for n in _FIELDS if n in entry}
+    start = base or Tol(0.0, 0.0)
+    return Tol(values.get("atol", start.atol), values.get("rtol", start.rtol))
+
+
+def apply_overrides(base: Tolerances, data: Mapping, where: str, prefix: str = "") -> Tolerances:
+    """Tolerances with the entries of a parsed TOML table merged over ``base``.
+
+    Parameters
+    ----------
+    base : Tolerances
+        Values entries are merged over.
+    data : mapping
+        ``{kind: {atol, rtol}, "propagated": {kind: {...}}}``.
+    where : str
+        File named in error messages.
+    prefix : str
+        Key prefix named in error messages (``tool.clnfdiag.tolerances.``).
+
+    Raises
+    ------
+    InputError
+        Unknown kind or field, or a value that is not a finite number >= 0.
+    """
+    known = set(base.isolated)
+    iso = dict(base.isolated)
+    prop = dict(base.propagated)
+    for kind, entry in data.items():
+        if kind == "propagated":
+            if not isinstance(entry, dict):
+                raise InputError("must be a table of kinds", where, f"{prefix}propagated")
+            for pkind, pentry in entry.items():
+                _check_kind(pkind, known, where, f"{prefix}propagated.{pkind}")
+                start = prop.get(pkind, iso.get(pkind))
+                prop[pkind] = _tol(pentry, start, where, f"{prefix}propagated.{pkind}")
+            continue
+        _check_kind(kind, known, where, f"{prefix}{kind}")
+        iso[kind] = _tol(entry, iso[kind], where, f"{prefix}{kind}")
+    return Tolerances(iso, prop, where)
+
+
+def _check_kind(kind: str, known: set[str], where: str, key: str) -> None:
+    if kind not in known:
+        raise InputError(f"unknown stage kind {kind!r}; known kinds: {', '.join(sorted(known))}", where, key)
+
+
+def load_tolerances(path: str | Path | None = None, cwd: str | Path | None = None) -> Tolerances:
+    """Tolerances from ``path``, else from ``cwd/pyproject.toml``, else the defaults.
+
+    Parameters
+    ----------
+    path : path, optional
+        A TOML file laid out like the defaults file.
+    cwd : path, optional
+        Folder searched for ``pyproject.toml`` (default: the current directory);
+        only its ``[tool.clnfdiag.tolerances]`` table is used.
+
+    Returns
+    -------
+    Tolerances
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, invalid TOML, unknown kind or field, bad value.
+    """
+    base = default_tolerances()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise InputError("no such tolerances file", path)
+        return apply_overrides(base, _parse_toml(_read(path), str(path)), str(path))
+    pyproject = Path(cwd or ".") / "pyproject.toml"
+    if not pyproject.is_file():
+        return base
+    data = _parse_toml(_read(pyproject), str(pyproject))
+    table = data.get("tool", {}).get("clnfdiag", {}).get("tolerances")
+    if table is None:
+        return base
+    if not isinstance(table, dict):
+        raise InputError("must be a table", pyproject, "tool.clnfdiag.tolerances")
+    return apply_overrides(base, table, str(pyproject), "tool.clnfdiag.tolerances.")
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot be read ({exc})", path) from None
+
+
+def landmark_floor(case_dir: str | Path, case_id: str) -> float | None:
+    """The case's end-to-end C++ noise floor (px), from ``CPP_FLOOR.json`` next to the case folder.
+
+    Returns
+    -------
+    float or None
+        ``cases[case_id]``; None when there is no such file or no entry.
+    """
+    floors = _read_floors(str(Path(case_dir).resolve().parent / FLOOR_FILE))
+    value = floors.get(case_id)
+    return None if value is None else float(value)
+
+
+@lru_cache(maxsize=16)
+def _read_floors(path: str) -> dict[str, float]:
+    p = Path(path)
+    if not p.is_file():
+        return {}
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+        cases = data["cases"]
+        return {str(k): float(v) for k, v in cases.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise GoldenError(f"malformed noise-floor file ({type(exc).__name__}: {exc})", p) from None
+
+
+def landmark_tolerance(tolerances: Tolerances, mode: str, floor: float | None) -> Tol:
+    """Tolerance of ``final/landmarks``: ``landmarks`` of the mode, atol raised to the floor in propagated mode."""
+    tol = tolerances.get("landmarks", mode)
+    if mode == "propagated" and floor is not None and floor > tol.atol:
+        return Tol(floor, tol.rtol)
+    return tol

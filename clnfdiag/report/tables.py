@@ -1,0 +1,547 @@
+"""The comparator JSON as tables: ``magnitude.csv`` and ``convergence.csv``.
+
+Everything here reads the JSON of :meth:`clnfdiag.compare.struct.CaseComparison.to_json`
+(the single source of truth of a report), never the objects, so a report
+rebuilt from a saved ``summary.json`` gives the same tables.
+
+JSON read (per case)::
+
+    {"case", "mode", "verdict", "first_divergent_stage", "impact", "observed",
+     "landmark_tolerance_px", "golden_path",
+     "stages": [{"stage", "kind", "max_abs", "max_rel", "atol", "rtol", "within_tolerance",
+                 "reaches_landmarks", "worst_landmarks",
+                 map stages: "peak_golden", "peak_candidate", "peak_ratio", "peak_shift_px",
+                             "correlation", "max_abs_per_landmark", "rel_per_landmark",
+                 point stages: "error_px"}],
+     "convergence": [{"pass", "phase", "iteration", "shape_change_norm_golden", ...}]}
+
+Per-landmark lists hold ``null`` for invisible landmarks (map stages) and are
+present only for the stages the comparator wrote them for; what is missing
+stays empty in the tables.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+
+#: Face regions of the 68-point iBUG scheme: name -> landmark range (inclusive start, exclusive end).
+REGIONS: dict[str, tuple[int, int]] = {
+    "jaw": (0, 17),
+    "brows": (17, 27),
+    "nose": (27, 36),
+    "eyes": (36, 48),
+    "mouth": (48, 68),
+}
+#: Colour of each region in the plots.
+REGION_COLOURS = {"jaw": "#4c72b0", "brows": "#55a868", "nose": "#c44e52", "eyes": "#8172b2",
+                  "mouth": "#ccb974", "other": "#777777"}
+
+#: Response-map stage kinds in pipeline order -> short column suffix.
+MAP_STAGES = {"response_raw": "raw", "response_sigma": "sigma", "response": "shift"}
+#: Readable names of the map stages.
+MAP_TITLES = {"response_raw": "raw", "response_sigma": "post-Sigma", "response": "post-shift"}
+#: Stage kinds with a per-landmark map metric.
+MAP_KINDS = ("area_of_interest", "response_raw", "response_sigma", "response")
+#: Per-landmark lists a map stage may carry (names of :data:`clnfdiag.compare.struct.MAP_FIELDS`).
+MAP_FIELDS = ("peak_golden", "peak_candidate", "peak_ratio", "peak_shift_px", "correlation",
+              "max_abs_per_landmark", "rel_per_landmark")
+#: Per-landmark list of point stages.
+POINT_FIELD = "error_px"
+#: OpenFace's stopping threshold on the shape-change norm.
+SHAPE_CHANGE_TOL = 0.01
+#: Final-landmark tolerance (px) when a case does not state its own.
+DEFAULT_LANDMARK_TOL = 0.01
+N_LANDMARKS = 68
+
+#: Columns of convergence.csv after (case, mode, pass, phase, iteration).
+CONVERGENCE_FIELDS = ("shape_change_norm_golden", "shape_change_norm_candidate", "dp_norm_golden",
+                      "dp_norm_candidate", "mean_shift_rms_golden", "mean_shift_rms_candidate",
+                      "mean_shift_rms_diff", "landmark_rms_diff")
+
+_PASS_RE = re.compile(r"^pass(\d+)/")
+_ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/([^/]+)$")
+
+
+def region_of(landmark: int) -> str:
+    """Face region of a landmark index (``other`` outside 0..67)."""
+    for name, (lo, hi) in REGIONS.items():
+        if lo <= landmark < hi:
+            return name
+    return "other"
+
+
+def kind_of(stage: str) -> str:
+    """Stage kind: the key's last component."""
+    return stage.rsplit("/", 1)[-1]
+
+
+def pass_of(stage: str) -> int | None:
+    """Pass index of a ``passN/...`` key, else None."""
+    m = _PASS_RE.match(stage)
+    return int(m.group(1)) if m else None
+
+
+def to_float_array(values: Any, n: int | None = None) -> np.ndarray | None:
+    """A JSON list (``null`` = NaN) as a float array; None when absent or of the wrong length."""
+    if values is None:
+        return None
+    arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    if n is not None and arr.shape != (n,):
+        return None
+    return arr
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """Short human number: ``-`` for missing, ``inf`` for non-finite."""
+    if x is None:
+        return "-"
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(x):
+        return "-"
+    if not math.isfinite(x):
+        return "inf"
+    return f"{x:.{digits}g}"
+
+
+# --------------------------------------------------------------------------- normalising input
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def _case_json(item: Any) -> dict:
+    """One comparison as its JSON dict (objects through ``to_json``, with every per-landmark list)."""
+    if isinstance(item, dict):
+        return item
+    to_json = getattr(item, "to_json", None)
+    if to_json is None:
+        raise InputError(f"cannot report on a {type(item).__name__} (no to_json)")
+    try:
+        data = to_json(per_landmark="all")  # CaseComparison: the report wants every landmark
+    except TypeError:
+        data = to_json()  # CaseFailure and other results without per-landmark data
+    # Round-trip through JSON so that the report sees exactly what a saved summary.json holds.
+    return json.loads(json.dumps(data, default=_json_default))
+
+
+def _summary_of(cases: list[dict]) -> dict:
+    """Counts when the caller gave comparisons without a summary."""
+    ok = [c for c in cases if "verdict" in c and c.get("verdict") in ("pass", "diverged")]
+    by_mode: dict[str, dict[str, int]] = {}
+    for c in ok:
+        m = by_mode.setdefault(str(c.get("mode")), {"total": 0, "passed": 0, "diverged": 0})
+        m["total"] += 1
+        m["passed" if c["verdict"] == "pass" else "diverged"] += 1
+    n_pass = sum(c["verdict"] == "pass" for c in ok)
+    return {"total": len(ok), "passed": n_pass, "diverged": len(ok) - n_pass,
+            "errors": len(cases) - len(ok), "by_mode": by_mode}
+
+
+def _object_summary(items: Any) -> dict | None:
+    """The comparator's own Summary of CaseComparison/CaseFailure objects, None for dicts."""
+    if not items or any(isinstance(c, dict) for c in items):
+        return None
+    try:
+        from ..compare.struct import Summary
+        return json.loads(json.dumps(Summary.from_results(items).to_json(), default=_json_default))
+    except Exception:  # noqa: BLE001  (older comparator: count here instead)
+        return None
+
+
+def normalise(comparisons: Any) -> dict:
+    """``{"cases": [...], "summary": {...}}`` from any accepted input.
+
+    Parameters
+    ----------
+    comparisons : dict, list or object
+        The comparator JSON (``{"cases", "summary"}``), a list of case dicts,
+        a list of CaseComparison / CaseFailure objects, or one of them.
+
+    Raises
+    ------
+    InputError
+        Anything else, or a case without ``case`` and ``mode``.
+    """
+    if isinstance(comparisons, dict) and "cases" in comparisons:
+        cases = [_case_json(c) for c in comparisons["cases"]]
+        summary = comparisons.get("summary")
+        extra = {k: v for k, v in comparisons.items() if k not in ("cases", "summary")}
+    else:
+        if isinstance(comparisons, dict) or hasattr(comparisons, "to_json"):
+            comparisons = [comparisons]
+        if not isinstance(comparisons, (list, tuple)):
+            raise InputError(f"expected the comparator JSON or a list of comparisons, got "
+                             f"{type(comparisons).__name__}")
+        cases = [_case_json(c) for c in comparisons]
+        summary, extra = _object_summary(comparisons), {}
+    for i, c in enumerate(cases):
+        if not isinstance(c, dict) or "case" not in c:
+            raise InputError(f"case entry {i} is not a comparison (no 'case')")
+    if not isinstance(summary, dict):
+        summary = _summary_of(cases)
+    return {"cases": cases, "summary": summary, **extra}
+
+
+def load_summary(path: str | Path) -> dict:
+    """Read a saved comparator JSON (``summary.json``) and normalise it.
+
+    Raises
+    ------
+    InputError
+        Missing file, invalid JSON or not a comparator JSON.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError("no such file", path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"invalid JSON: {exc.msg}", path, f"line {exc.lineno}, column {exc.colno}") from None
+    if not (isinstance(data, list) or (isinstance(data, dict) and ("cases" in data or "case" in data))):
+        raise InputError("not a comparison summary (expected {\"cases\": [...], \"summary\": {...}})", path)
+    try:
+        return normalise(data)
+    except InputError as err:
+        raise InputError(err.message, path) from None
+
+
+def dump_json(data: dict, path: Path) -> None:
+    """Write ``data`` as strict JSON (NaN/inf as null)."""
+    text = json.dumps(_finite(data), indent=1, default=_json_default, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# --------------------------------------------------------------------------- one case
+
+@dataclass
+class CaseView:
+    """Read-only view of one case's JSON with the look-ups the report needs.
+
+    Attributes
+    ----------
+    data : dict
+        The case's JSON.
+    index : int
+        Position in the run (makes ``slug`` unique).
+    """
+
+    data: dict
+    index: int = 0
+    stages: dict[str, dict] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stages = {s["stage"]: s for s in self.data.get("stages") or [] if isinstance(s, dict) and "stage" in s}
+
+    # ---- identity
+    @property
+    def case(self) -> str:
+        return str(self.data.get("case"))
+
+    @property
+    def mode(self) -> str:
+        return str(self.data.get("mode") or "")
+
+    @property
+    def is_failure(self) -> bool:
+        """A case that could not be compared (CaseFailure JSON)."""
+        return "error" in self.data and "verdict" not in self.data
+
+    @property
+    def title(self) -> str:
+        return f"{self.case} ({self.mode})" if self.mode else self.case
+
+    @property
+    def slug(self) -> str:
+        """File-name-safe unique id of this (case, mode)."""
+        raw = f"{self.index:02d}_{self.case}_{self.mode}".strip("_")
+        return re.sub(r"[^A-Za-z0-9_.-]+", "-", raw)
+
+    @property
+    def verdict(self) -> str:
+        return str(self.data.get("verdict") or ("error" if self.is_failure else "?"))
+
+    @property
+    def first_divergent_stage(self) -> str | None:
+        return self.data.get("first_divergent_stage")
+
+    # ---- landmarks and impact
+    @property
+    def n_landmarks(self) -> int:
+        for s in self.stages.values():
+            for name in MAP_FIELDS + (POINT_FIELD,):
+                if isinstance(s.get(name), list):
+                    return len(s[name])
+        return N_LANDMARKS
+
+    @property
+    def landmark_tolerance(self) -> float:
+        """Allowed final-landmark error, px (the case's own, else the landmarks stage's atol, else 0.01)."""
+        tol = self.data.get("landmark_tolerance_px")
+        if tol is None:
+            entry = self.stages.get("final/landmarks") or {}
+            tol = entry.get("atol")
+        return float(tol) if tol is not None else DEFAULT_LANDMARK_TOL
+
+    def impact_value(self, name: str) -> tuple[float | None, str]:
+        """``(px, source)`` of an impact quantity: the impact function's value, else the observed one."""
+        for source in ("impact", "observed"):
+            block = self.data.get(source)
+            if isinstance(block, dict) and block.get(name) is not None:
+                return float(block[name]), source
+        return None, ""
+
+    def landmark_effect(self) -> tuple[str, str]:
+        """``(css class, sentence)``: whether the divergence reaches the final landmarks."""
+        tol = self.landmark_tolerance
+        px, source = self.impact_value("landmarks_max_px")
+        src = "" if source == "impact" else " (observed in this trace)"
+        if px is None:
+            if self.verdict == "pass":
+                return "ok", "landmarks unaffected (no stage beyond tolerance)"
+            return "unknown", "landmark impact not evaluated"
+        if px <= tol:
+            return "ok", f"landmarks unaffected: max {fmt(px)} px &le; tolerance {fmt(tol)} px{src}"
+        return "bad", f"landmarks affected: max {fmt(px)} px &gt; tolerance {fmt(tol)} px{src}"
+
+    # ---- stages
+    def passes(self) -> list[int]:
+        """Pass indices present among the stage keys, sorted."""
+        return sorted({p for k in self.stages if (p := pass_of(k)) is not None})
+
+    def lm_array(self, stage: str, name: str) -> np.ndarray | None:
+        """A per-landmark list of a stage as floats (NaN for null), None if absent."""
+        entry = self.stages.get(stage)
+        if entry is None:
+            return None
+        return to_float_array(entry.get(name), self.n_landmarks)
+
+    def tolerance(self, stage: str) -> tuple[float | None, float | None]:
+        """``(atol, rtol)`` of a stage as the comparator used them."""
+        entry = self.stages.get(stage) or {}
+        atol, rtol = entry.get("atol"), entry.get("rtol")
+        return (None if atol is None else float(atol)), (None if rtol is None else float(rtol))
+
+    def visible(self, k: int) -> np.ndarray | None:
+        """Visibility of pass ``k``: ``visibilities`` list if given, else non-null golden map peaks."""
+        vis = self.data.get("visibilities")
+        if isinstance(vis, dict) and str(k) in vis:
+            return np.asarray(vis[str(k)], dtype=bool)
+        for kind in ("response", "response_sigma", "response_raw", "area_of_interest"):
+            peaks = self.lm_array(f"pass{k}/{kind}", "peak_golden")
+            if peaks is not None:
+                return np.isfinite(peaks)
+        return None
+
+    def patch_confidence(self, k: int) -> np.ndarray | None:
+        """Per-landmark patch confidence of pass ``k`` when the JSON carries it."""
+        conf = self.data.get("patch_confidence")
+        if isinstance(conf, dict) and str(k) in conf:
+            return to_float_array(conf[str(k)], self.n_landmarks)
+        return None
+
+    def map_stage_for_plot(self) -> str | None:
+        """The response-map stage whose worst landmarks are shown: the first divergent one
+        if it is a map stage, else the map stage with the largest error/allowed ratio."""
+        first = self.first_divergent_stage
+        if first in self.stages and kind_of(first) in MAP_KINDS and kind_of(first) != "area_of_interest":
+            return first
+        best, best_key = None, None
+        for key, s in self.stages.items():
+            if kind_of(key) not in MAP_STAGES:
+                continue
+            r = s.get("ratio")
+            r = s.get("max_rel") if r is None else r
+            score = (not s.get("within_tolerance", True), math.inf if r is None else float(r))
+            if best_key is None or score > best_key:
+                best, best_key = key, score
+        return best
+
+    def worst_landmarks(self, stage: str, n: int = 3) -> list[int]:
+        """Up to ``n`` worst landmarks of a stage (the comparator's list, else by relative error)."""
+        entry = self.stages.get(stage) or {}
+        worst = []
+        for w in entry.get("worst_landmarks") or []:
+            i = w.get("landmark", w.get("index")) if isinstance(w, dict) else w
+            if i is not None:
+                worst.append(int(i))
+        if not worst:
+            rel = self.lm_array(stage, "rel_per_landmark")
+            if rel is None:
+                rel = self.lm_array(stage, "max_abs_per_landmark")
+            if rel is not None and np.isfinite(rel).any():
+                order = np.argsort(-np.nan_to_num(rel, nan=-1.0), kind="stable")
+                worst = [int(i) for i in order if np.isfinite(rel[i])]
+        return worst[:n]
+
+
+def case_views(summary: dict) -> list[CaseView]:
+    """A :class:`CaseView` per case of a normalised summary, in order."""
+    return [CaseView(c, i) for i, c in enumerate(summary["cases"])]
+
+
+# --------------------------------------------------------------------------- magnitude.csv
+
+def magnitude_columns() -> list[str]:
+    """Columns of magnitude.csv, in order."""
+    cols = ["case", "mode", "pass", "landmark", "region", "visible", "patch_confidence"]
+    for suffix in MAP_STAGES.values():
+        cols += [f"peak_golden_{suffix}", f"peak_candidate_{suffix}", f"peak_ratio_{suffix}",
+                 f"max_abs_{suffix}", f"rel_{suffix}", f"peak_shift_px_{suffix}",
+                 f"correlation_{suffix}", f"within_tolerance_{suffix}"]
+    cols.append("within_tolerance")
+    return cols
+
+
+def _lm_within(view: CaseView, stage: str) -> np.ndarray | None:
+    """Per-landmark within-tolerance of a map stage (None when it cannot be told)."""
+    entry = view.stages.get(stage)
+    if entry is None:
+        return None
+    n = view.n_landmarks
+    err = view.lm_array(stage, "max_abs_per_landmark")
+    peak = view.lm_array(stage, "peak_golden")
+    atol, rtol = view.tolerance(stage)
+    if err is not None and peak is not None and atol is not None and rtol is not None:
+        allowed = atol + rtol * np.nan_to_num(peak, nan=0.0)
+        out = np.where(np.isfinite(peak), err <= allowed, True)
+        return out.astype(object)
+    if entry.get("within_tolerance"):
+        # The comparator wrote no per-landmark lists: a stage within tolerance is so for every landmark.
+        return np.full(n, True, dtype=object)
+    return None
+
+
+def _and3(a: bool | None, b: bool | None) -> bool | None:
+    """Three-valued AND: False wins, then unknown (None), then True."""
+    if a is False or b is False:
+        return False
+    if a is None or b is None:
+        return None
+    return bool(a and b)
+
+
+def magnitude_table(views: Iterable[CaseView]) -> pd.DataFrame:
+    """One row per (case, mode, pass, landmark): response-map magnitudes golden vs candidate."""
+    cols = magnitude_columns()
+    frames = []
+    for v in views:
+        if v.is_failure:
+            continue
+        n = v.n_landmarks
+        for k in v.passes():
+            block: dict[str, Any] = {
+                "case": [v.case] * n, "mode": [v.mode] * n, "pass": [k] * n,
+                "landmark": list(range(n)), "region": [region_of(i) for i in range(n)],
+            }
+            vis = v.visible(k)
+            block["visible"] = list(vis.astype(int)) if vis is not None else [None] * n
+            conf = v.patch_confidence(k)
+            block["patch_confidence"] = list(conf) if conf is not None else [None] * n
+            all_within: list = [True] * n
+            for kind, suffix in MAP_STAGES.items():
+                stage = f"pass{k}/{kind}"
+                for name, col in (("peak_golden", "peak_golden"), ("peak_candidate", "peak_candidate"),
+                                  ("peak_ratio", "peak_ratio"), ("max_abs_per_landmark", "max_abs"),
+                                  ("rel_per_landmark", "rel"), ("peak_shift_px", "peak_shift_px"),
+                                  ("correlation", "correlation")):
+                    arr = v.lm_array(stage, name)
+                    block[f"{col}_{suffix}"] = list(arr) if arr is not None else [np.nan] * n
+                within = _lm_within(v, stage)
+                block[f"within_tolerance_{suffix}"] = list(within) if within is not None else [None] * n
+                all_within = [_and3(a, None if within is None else within[i])
+                              for i, a in enumerate(all_within)]
+            block["within_tolerance"] = all_within
+            frames.append(pd.DataFrame(block, columns=cols))
+    if not frames:
+        return pd.DataFrame(columns=cols)
+    return pd.concat(frames, ignore_index=True)
+
+
+# --------------------------------------------------------------------------- convergence.csv
+
+def _rms(x: np.ndarray | None) -> float:
+    if x is None:
+        return math.nan
+    x = x[np.isfinite(x)]
+    return float(np.sqrt(np.mean(x * x))) if x.size else math.nan
+
+
+def _num(x: Any) -> float:
+    return math.nan if x is None else float(x)
+
+
+def convergence_rows(view: CaseView) -> list[dict]:
+    """The case's convergence entries, one per (pass, phase, iteration).
+
+    Uses the comparator's ``convergence`` list; without one, the rows are the
+    (pass, phase, iteration) triples of the stage keys, with the differences
+    read off the per-landmark errors of ``shape`` and ``mean_shifts``.
+    """
+    rows = []
+    conv = view.data.get("convergence")
+    if isinstance(conv, list) and conv:
+        for e in conv:
+            row = {"case": view.case, "mode": view.mode, "pass": int(e.get("pass", e.get("pass_index", -1))),
+                   "phase": e.get("phase"), "iteration": int(e.get("iteration", -1))}
+            for name in CONVERGENCE_FIELDS:
+                row[name] = _num(e.get(name))
+            rows.append(row)
+        return rows
+    triples: dict[tuple[int, str, int], dict[str, str]] = {}
+    for key in view.stages:
+        m = _ITER_RE.match(key)
+        if m:
+            triples.setdefault((int(m.group(1)), m.group(2), int(m.group(3))), {})[m.group(4)] = key
+    for (k, phase, it), keys in sorted(triples.items(), key=lambda t: (t[0][0], _phase_rank(t[0][1]), t[0][2])):
+        row = {"case": view.case, "mode": view.mode, "pass": k, "phase": phase, "iteration": it}
+        for name in CONVERGENCE_FIELDS:
+            row[name] = math.nan
+        if "mean_shifts" in keys:
+            row["mean_shift_rms_diff"] = _rms(view.lm_array(keys["mean_shifts"], POINT_FIELD))
+        if "shape" in keys:
+            row["landmark_rms_diff"] = _rms(view.lm_array(keys["shape"], POINT_FIELD))
+        rows.append(row)
+    return rows
+
+
+def _phase_rank(phase: str) -> int:
+    return {"rigid": 0, "nonrigid": 1}.get(phase, 2)
+
+
+def convergence_table(views: Iterable[CaseView]) -> pd.DataFrame:
+    """One row per (case, mode, pass, phase, iteration): convergence golden vs candidate."""
+    cols = ["case", "mode", "pass", "phase", "iteration", *CONVERGENCE_FIELDS]
+    rows = [r for v in views if not v.is_failure for r in convergence_rows(v)]
+    return pd.DataFrame(rows, columns=cols)
