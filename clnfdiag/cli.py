@@ -154,3 +154,6 @@ __all__ = ["main", "ClnfdiagGroup", "error_line", "summary_lines"]
 
 from .cli_models import models  # noqa: E402  (registered last: it is self-contained)
 main.add_command(models)
+
+from .compare.cli import compare  # noqa: E402  (registered last: it is self-contained)
+main.add_command(compare)

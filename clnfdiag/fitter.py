@@ -30,13 +30,13 @@ import numpy as np
 from . import optimiser
 from .detector import detect_face
 from .errors import InputError
-from .experts import PatchExperts, ResponseStages
+from .experts import PatchExperts, ResponseStages, shift_response, sigma_response
 from .faults import NO_FAULTS, parse_faults
 from .models import CLNFModel, Model, PartModel, load_model
 from .parameters import FitParameters, preset
-from .pdm import PDM, zero_invisible_rows
+from .pdm import PDM
 from .similarity import similarity_transforms
-from .trace import NULL_RECORDER, Recorder, iter_key, pass_key, phase_key
+from .trace import NULL_RECORDER, Recorder, pass_key
 
 F32 = np.float32
 
@@ -222,6 +222,32 @@ def adapt_parameters(p: FitParameters, patch_scales: list[float], scale: int
     return float(F32(reg)), float(F32(sigma)), float(F32(weight))
 
 
+def _phase_overrides(ov: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray] | None:
+    """The overrides of one phase, with keys relative to it (``iter02/mean_shifts``)."""
+    if not ov:
+        return None
+    return {k[len(prefix):]: v for k, v in ov.items() if k.startswith(prefix)} or None
+
+
+def _override_responses(experts: PatchExperts, scale: int, view: int, stages: ResponseStages,
+                        ov: dict[str, np.ndarray], pre: str,
+                        faults: frozenset[str]) -> ResponseStages:
+    """Replace a response stage by a given one and recompute the stages after it."""
+    bank = experts.bank(scale, view)
+    idx = stages.landmarks
+    raw, sig, resp = stages.raw, stages.sigma, stages.response
+    if pre + "response_raw" in ov:
+        raw = np.asarray(ov[pre + "response_raw"], F32)[idx]
+        sig = sigma_response(bank, raw, faults)
+        resp = shift_response(sig, faults)
+    if pre + "response_sigma" in ov:
+        sig = np.asarray(ov[pre + "response_sigma"], F32)[idx]
+        resp = shift_response(sig, faults)
+    if pre + "response" in ov:
+        resp = np.asarray(ov[pre + "response"], F32)[idx]
+    return ResponseStages(idx, raw, sig, resp)
+
+
 # ------------------------------------------------------------------ one CLNF
 class CLNF:
     """A CLNF model (the main 68-point one, or a part) ready to fit.
@@ -239,8 +265,20 @@ class CLNF:
 
     def fit(self, gray_f32: np.ndarray, params_global: np.ndarray, params_local: np.ndarray,
             p: FitParameters, rec: Recorder = NULL_RECORDER,
-            faults: frozenset[str] = NO_FAULTS) -> dict[str, Any]:
+            faults: frozenset[str] = NO_FAULTS, start_pass: int = 0,
+            overrides: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
         """Run every pass from the given parameters (OpenFace's ``CLNF::Fit``).
+
+        Parameters
+        ----------
+        start_pass : int
+            Skip the passes before this one (``params_*`` are then that pass's inputs):
+            used to replay a golden from a given pass.
+        overrides : dict[str, ndarray], optional
+            Stage values under golden keys (``pass1/response``,
+            ``pass0/rigid/iter02/mean_shifts`` ...) that replace what the fit
+            computes, so a candidate's stage can be carried through the rest
+            of the fit (impact analysis). Downstream stages are recomputed.
 
         Returns
         -------
@@ -257,25 +295,44 @@ class CLNF:
         phases: list[PhaseOutcome] = []
         success = True
         pass_index = 0
+        ov = overrides or {}
         for scale in range(n_scales):
             ws = windows[scale]
             if ws == 0:
                 continue
+            if pass_index < start_pass:
+                pass_index += 1
+                continue
+            pre = f"pass{pass_index}/"
             ps = self.patch_scales[scale]
             view = self.experts.view_index(g, scale)
             if "wrong-view" in faults:
                 view = (view + 1) % self.experts.scales[scale].n_views
+            view = int(ov.get(pre + "view_id", view))
             landmarks = self.pdm.calc_shape_2d(loc, g)
             reference = self.pdm.calc_shape_2d(loc, np.array([ps, 0, 0, 0, 0, 0], F32))
+            if ov:
+                landmarks = np.asarray(ov.get(pre + "landmarks_at_response", landmarks), F32)
+                reference = np.asarray(ov.get(pre + "reference_shape", reference), F32)
             sim_i2r, sim_r2i = similarity_transforms(landmarks, reference)
+            if ov:
+                sim_i2r = np.asarray(ov.get(pre + "sim_img_to_ref", sim_i2r), F32)
+                sim_r2i = np.asarray(ov.get(pre + "sim_ref_to_img", sim_r2i), F32)
             bank = self.experts.bank(scale, view)
             visible = self.experts.scales[scale].visibility[view].astype(bool)
             side = ws + bank.height - 1
             areas = extract_areas(gray_f32, landmarks, sim_r2i, bank.landmarks, side,
                                   nearest="nearest-warp" in faults)
+            if pre + "area_of_interest" in ov:
+                areas = np.asarray(ov[pre + "area_of_interest"], F32)[bank.landmarks]
             stages = self.experts.responses(areas, scale, view, faults)
+            if ov:
+                stages = _override_responses(self.experts, scale, view, stages, ov, pre, faults)
             responses = stages.full("response", n)
             reg, sigma, weight = adapt_parameters(p, self.patch_scales, scale)
+            if ov:
+                reg, sigma, weight = (float(ov.get(pre + k, v)) for k, v in
+                                      (("reg_factor", reg), ("sigma", sigma), ("weight_factor", weight)))
             if rec.enabled:
                 self._record_pass(rec, pass_index, ws, scale, view, visible, g, loc, landmarks,
                                   reference, sim_i2r, sim_r2i, reg, sigma, weight, areas, stages)
@@ -287,11 +344,13 @@ class CLNF:
                           weight_factor=weight, n_iterations=p.n_iterations,
                           limit_pose=p.limit_pose, faults=faults)
             g, loc, rigid = optimiser.nu_rlms(g, loc, rigid=True,
+                                              overrides=_phase_overrides(ov, pre + "rigid/"),
                                               rec=rec.scoped(f"pass{pass_index}/rigid/")
                                               if rec.enabled else rec, **common)
             phases.append(PhaseOutcome(pass_index, ws, "rigid", rigid.updates, rigid.last_norm))
             last = scale == n_scales - 1 or windows[scale + 1] == 0 or g[0] < LIKELIHOOD_SCALE
             g, loc, nonrigid = optimiser.nu_rlms(g, loc, rigid=False, compute_likelihood=last,
+                                                 overrides=_phase_overrides(ov, pre + "nonrigid/"),
                                                  rec=rec.scoped(f"pass{pass_index}/nonrigid/")
                                                  if rec.enabled else rec, **common)
             phases.append(PhaseOutcome(pass_index, ws, "nonrigid", nonrigid.updates,

@@ -16,6 +16,7 @@ from ..faults import NO_FAULTS
 from ..fitter import CLNF, Fitter, adapt_parameters, extract_areas, to_gray
 from ..golden import GoldenCase
 from ..parameters import FitParameters
+from ..similarity import similarity_transforms
 
 F32 = np.float32
 
@@ -108,8 +109,6 @@ def _pass_stages(case, k, scale, ws, clnf: CLNF, p, gray_f32, prev_g, prev_l, fa
     out[pre + "landmarks_at_response"] = pdm.calc_shape_2d(l_in, g_in)
     ps = clnf.patch_scales[g_scale]
     out[pre + "reference_shape"] = pdm.calc_shape_2d(l_in, np.array([ps, 0, 0, 0, 0, 0], F32))
-    from ..similarity import similarity_transforms
-
     i2r, r2i = similarity_transforms(st(pre + "landmarks_at_response"), st(pre + "reference_shape"))
     out[pre + "sim_img_to_ref"], out[pre + "sim_ref_to_img"] = i2r, r2i
     reg, sigma, weight = adapt_parameters(p, clnf.patch_scales, g_scale)
@@ -149,7 +148,9 @@ def _pass_stages(case, k, scale, ws, clnf: CLNF, p, gray_f32, prev_g, prev_l, fa
             g0, l0 = _phase_start(case, k, phase, it)
             out[tag + "shape"] = pdm.calc_shape_2d(l0, g0)
             if it > 0:
-                norm = opt.shape_change_norm(st(tag + "shape"), st(f"{ph}iter{it - 1:02d}/shape"))
+                # A stopped iteration's shape is not dumped: ours is computed from golden inputs.
+                cur = st(tag + "shape") if case.has(tag + "shape") else out[tag + "shape"]
+                norm = opt.shape_change_norm(cur, st(f"{ph}iter{it - 1:02d}/shape"))
                 out[tag + "shape_change_norm"] = np.float64(norm)
                 if norm < opt.SHAPE_CHANGE_TOL:
                     break

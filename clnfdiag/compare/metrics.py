@@ -66,9 +66,9 @@ def family(kind: str, shape: tuple[int, ...]) -> str:
 def abs_diff(golden: np.ndarray, candidate: np.ndarray) -> np.ndarray:
     """``|candidate - golden|`` in float64, NaN replaced by inf."""
     with np.errstate(invalid="ignore", over="ignore"):
-        d = np.abs(np.asarray(candidate, np.float64) - np.asarray(golden, np.float64))
+        d = np.atleast_1d(np.abs(np.asarray(candidate, np.float64) - np.asarray(golden, np.float64)))
     d[np.isnan(d)] = np.inf
-    return d
+    return d.reshape(np.shape(golden))
 
 
 def safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:

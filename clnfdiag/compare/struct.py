@@ -356,8 +356,9 @@ class CaseFailure:
     verdict = "error"
 
     def line(self) -> str:
-        """``clnfdiag: <kind>: <message>``, as the CLI reports errors."""
-        return f"clnfdiag: {self.kind}: {self.error}"
+        """``clnfdiag: <kind>: <message> [case, mode]``, as the CLI reports errors."""
+        where = self.case if self.mode is None else f"{self.case}, {self.mode}"
+        return f"clnfdiag: {self.kind}: {self.error} [{where}]"
 
     def to_json(self) -> dict:
         """JSON-ready dict."""

@@ -7,28 +7,36 @@ vector's unit group, |golden| of a scalar). ``atol = rtol = 0`` means equal.
 
 The defaults come from ``clnfdiag/data/default_tolerances.toml`` (shipped):
 
-=====================================================  =========  =========  ==================
-kind                                                   atol       rtol       propagated
-=====================================================  =========  =========  ==================
+=====================================================  =========  =========  ====================
+kind                                                   atol       rtol       propagated atol, rtol
+=====================================================  =========  =========  ====================
 window_size, scale_index, view_id, visibilities,       0          0          same (exact)
 n_updates, success, parts_used, gray
-response_raw, response_sigma, response                 0          1e-5 peak  rtol 1e-2
-area_of_interest                                       1e-3 grey  0          atol 1.0 grey
-dxs, dys                                               1e-4       0          atol 1e-2
-mean_shifts, mean_shifts_ref                           1e-4 px    0          atol 1e-2 px
-jacobian                                               0          1e-4       rtol 1e-3
-param_update                                           1e-6       1e-3       1e-4, 5e-2
-params_global, params_local, final_global,             0          1e-5       rtol 1e-3
-final_local, params_global_in, params_local_in
-shape, landmarks_at_response, reference_shape          1e-3 px    0          shape, landmarks_at
-                                                                             _response 1e-2 px
-shape_change_norm                                      1e-3       1e-4       1e-2, 1e-2
-sim_img_to_ref, sim_ref_to_img                         0          1e-5       rtol 1e-4
+response_raw, response_sigma, response                 0          1e-5 peak  0, 2e-2
+area_of_interest                                       1e-3 grey  0          5.0, 0
+dxs, dys                                               1e-4       0          0.1, 0
+mean_shifts, mean_shifts_ref                           1e-4 px    0          0.5, 0
+jacobian                                               0          1e-4       0, 5e-3
+param_update                                           1e-6       1e-3       0.25, 0.5
+params_global, params_local, final_global,             0          1e-5       0, 2e-2
+final_local
+params_global_in, params_local_in                      0          1e-5       0, 1e-3
+shape                                                  1e-3 px    0          0.2, 0
+landmarks_at_response                                  1e-3 px    0          1e-2, 0
+reference_shape                                        1e-3 px    0          same
+shape_change_norm                                      1e-3       1e-4       0.25, 0.5
+sim_img_to_ref, sim_ref_to_img                         0          1e-5       0, 1e-4
 sigma, reg_factor, weight_factor, weights              0          1e-5       same
-landmark_likelihoods, likelihood                       0          1e-4       rtol 1e-2
+landmark_likelihoods, likelihood                       0          1e-4       0, 1e-2
 landmarks, landmarks_before                            1e-2 px    0          see below
 default (a kind no entry names)                        0          1e-5       same
-=====================================================  =========  =========  ==================
+=====================================================  =========  =========  ====================
+
+Measured with clnfdiag's own producers on the 10 C++ goldens: isolated stages
+stay within 0.57x of these (largest: response_raw, 5.7e-6 of the peak);
+propagated values are about twice the largest end-to-end differences
+(mean-shifts 0.27 px and areas of interest 2.4 grey levels mid-fit on
+multi4_wild, whose final landmarks still agree to 3e-4 px).
 
 Isolated stages are recomputed from the golden's own inputs and match to
 float32 rounding, hence the tight column. In **propagated** mode a difference
@@ -69,8 +77,6 @@ MODES = ("isolated", "propagated")
 DEFAULTS_FILE = "default_tolerances.toml"
 #: File holding per-case end-to-end noise floors, looked up next to a case folder.
 FLOOR_FILE = "CPP_FLOOR.json"
-#: Final-landmark tolerance when nothing else says (px).
-LANDMARK_ATOL = 0.01
 _FIELDS = ("atol", "rtol")
 
 

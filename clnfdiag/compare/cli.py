@@ -1,0 +1,227 @@
+"""``clnfdiag compare``: judge a CLNF implementation against OpenFace C++ golden cases.
+
+Registered on the root group in :mod:`clnfdiag.cli` (``main.add_command(compare)``);
+it also reports its own errors, so it runs on its own. Exit codes: 0 every
+comparison passes the gate, 1 a divergence beyond the gate, 2 bad input or
+usage (one line on stderr per problem).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+import click
+
+from ..errors import ClnfdiagError, InputError
+from ..faults import FAULTS, parse_faults
+from ..golden import find_cases
+from .comparator import (FINAL_LANDMARKS, CandidateTraces, FitProducer, impact_function, producer_function,
+                         run)
+from .struct import CaseComparison, CaseFailure, Summary, _fmt
+from .tolerances import Tolerances, load_tolerances
+
+#: Format tag of the JSON written by ``--json``.
+JSON_FORMAT = "clnfdiag-compare/1"
+
+
+def _error_line(err: ClnfdiagError) -> str:
+    # Same wording as clnfdiag.cli.error_line (not imported: clnfdiag.cli imports this module).
+    return f"clnfdiag: {err.kind}: {err}"
+
+
+@click.command("compare")
+@click.argument("golden_paths", metavar="GOLDEN_CASE_OR_DIR...", nargs=-1, required=True,
+                type=click.Path(path_type=Path))
+@click.option("--candidate", type=click.Path(path_type=Path), default=None,
+              help="Candidate traces in the golden format: a case folder, or a folder of case folders "
+                   "matched to the golden cases by case id. No fitting then.")
+@click.option("--mode", type=click.Choice(["isolated", "propagated", "both"]), default=None,
+              help="isolated: every stage from the golden's own inputs; propagated: end-to-end fit. "
+                   "[default: both when fitting, isolated with --candidate]")
+@click.option("--tolerances", "tolerances_file", type=click.Path(path_type=Path), default=None,
+              help="TOML file of per-stage-kind tolerances [default: [tool.clnfdiag.tolerances] "
+                   "of ./pyproject.toml, else the shipped defaults].")
+@click.option("--gate", type=click.Choice(["stages", "landmarks"]), default="stages", show_default=True,
+              help="stages: fail on any stage beyond tolerance; landmarks: only when the final "
+                   "landmarks are (or the first divergence's impact on them is).")
+@click.option("--inject", multiple=True, metavar="FAULT",
+              help=f"Inject a known fault into the fit (repeatable): {', '.join(FAULTS)}.")
+@click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
+              help="Write the report (tables, plots, HTML) to this folder.")
+@click.option("--json", "json_out", metavar="FILE|-", default=None,
+              help="Write the comparisons as JSON to FILE, or to stdout with '-' (human lines go to stderr).")
+@click.option("--models", type=click.Path(path_type=Path), default=None,
+              help="OpenFace model folder [default: $OPENFACE_MODELS_DIR, then the cache].")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cases compared in parallel processes.")
+@click.option("--quiet", is_flag=True, help="No progress and no line per passing case.")
+@click.pass_context
+def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path | None, mode: str | None,
+            tolerances_file: Path | None, gate: str, inject: tuple[str, ...], report_dir: Path | None,
+            json_out: str | None, models: Path | None, workers: int, quiet: bool) -> None:
+    """Compare a CLNF implementation with OpenFace C++ golden cases, stage by stage.
+
+    Each GOLDEN_CASE_OR_DIR is a golden case folder or a folder of them. With
+    --candidate the given traces are judged; otherwise this project's fitter
+    produces them (--mode, --inject). One line per case and mode, then a summary.
+
+    Exit codes: 0 all within the gate, 1 divergence, 2 bad input or usage.
+    """
+    try:
+        code = _compare(golden_paths, candidate, mode, tolerances_file, gate, inject, report_dir,
+                        json_out, models, workers, quiet)
+    except ClnfdiagError as err:
+        click.echo(_error_line(err), err=True)
+        ctx.exit(err.exit_code)
+    ctx.exit(code)
+
+
+def _compare(golden_paths, candidate, mode, tolerances_file, gate, inject, report_dir, json_out, models,
+             workers, quiet) -> int:
+    """The command body; returns the exit code (raises ClnfdiagError for bad input)."""
+    t0 = time.perf_counter()
+    tolerances = load_tolerances(tolerances_file)
+    case_dirs = find_cases(list(golden_paths))
+    modes = _modes(mode, candidate is not None)
+    producer, impact = _producer(candidate, inject, models, modes, len(case_dirs), workers)
+    write_report = _report_writer() if report_dir is not None else None
+    human = sys.stderr if json_out == "-" else sys.stdout
+    progress = _progress_printer(len(case_dirs)) if not quiet and _is_tty(sys.stderr) else None
+
+    results: list[CaseComparison | CaseFailure] = []
+    for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress, impact=impact):
+        results.append(res)
+        _print_result(res, human, quiet, progress is not None)
+    if progress is not None:
+        click.echo("", err=True)
+    summary = Summary.from_results(results, time.perf_counter() - t0)
+    click.echo(summary.line(), file=human)
+    if json_out is not None:
+        _write_json(json_out, _json_payload(results, summary, modes, gate, tolerances))
+    if write_report is not None:
+        write_report([r for r in results if isinstance(r, CaseComparison)], report_dir)
+    return summary.exit_code
+
+
+def _modes(mode: str | None, have_candidate: bool) -> tuple[str, ...]:
+    if mode is None:
+        return ("isolated",) if have_candidate else ("isolated", "propagated")
+    return ("isolated", "propagated") if mode == "both" else (mode,)
+
+
+def _producer(candidate: Path | None, inject: tuple[str, ...], models: Path | None, modes: tuple[str, ...],
+              n_cases: int, workers: int):
+    """The trace producer and impact function for the options (fails fast on what it can check)."""
+    if candidate is not None:
+        if inject:
+            raise InputError("--inject changes the fit; it cannot be combined with --candidate (no fitting)")
+        return CandidateTraces(candidate, match_any=n_cases == 1), None
+    faults = parse_faults(list(inject))
+    for m in modes:
+        producer_function(m)
+    producer = FitProducer(models, faults)
+    if workers == 1:
+        producer.fitter  # load the model now: a model error is reported before any case
+    else:
+        from ..models import find_model_dir
+        find_model_dir(models)
+    return producer, (producer.impact if impact_function() is not None else None)
+
+
+def _report_writer():
+    """``clnfdiag.report.write_report``, or InputError when that module is not there."""
+    if importlib.util.find_spec("clnfdiag.report") is None:
+        raise InputError("--report needs the clnfdiag.report module, which is not installed")
+    module = importlib.import_module("clnfdiag.report")
+    if not hasattr(module, "write_report"):
+        raise InputError("clnfdiag.report has no write_report(comparisons, out_dir)")
+    return module.write_report
+
+
+def _is_tty(stream: IO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _progress_printer(total: int):
+    def progress(done: int, total_: int = total) -> None:
+        click.echo(f"\r{done}/{total_} cases", err=True, nl=False)
+    return progress
+
+
+def _print_result(res: CaseComparison | CaseFailure, out: IO, quiet: bool, progress_shown: bool) -> None:
+    if isinstance(res, CaseFailure):
+        if progress_shown:
+            click.echo("", err=True)
+        click.echo(res.line(), err=True)
+        return
+    if quiet and res.passed:
+        return
+    if progress_shown and _is_tty(out):
+        click.echo("", file=out)
+    click.echo(case_line(res), file=out)
+
+
+def case_line(cmp: CaseComparison) -> str:
+    """One human line for a comparison: verdict, first divergence with its landmarks, worst error."""
+    head = f"{cmp.verdict.upper():<8}  {cmp.case}  {cmp.mode}"
+    parts: list[str] = []
+    if cmp.first_divergent_stage is None:
+        parts.append(f"{len(cmp.stages)} stages within tolerance")
+        w = cmp.worst_stage
+        if w is not None:
+            parts.append(f"worst {w.stage} at {_fmt(w.ratio)}x tolerance (max_abs {_fmt(w.max_abs)})")
+    else:
+        s = cmp.stage(cmp.first_divergent_stage)
+        text = (f"first divergence {s.stage}: max_abs {_fmt(s.max_abs)} max_rel {_fmt(s.max_rel)} "
+                f"({_fmt(s.ratio)}x tolerance)")
+        if s.note:
+            text += f" [{s.note}]"
+        if s.worst_landmarks:
+            more = "..." if s.n_beyond > len(s.worst_landmarks) else ""
+            text += f", landmarks {','.join(map(str, s.worst_landmarks))}{more}"
+        parts.append(text)
+        parts.append(f"{len(cmp.divergent_stages)}/{len(cmp.stages)} stages beyond")
+        if cmp.impact is not None:
+            reach = {True: "reaches", False: "does not reach", None: "?"}[s.reaches_landmarks]
+            parts.append(f"impact: landmarks {_fmt(cmp.impact.get('landmarks_max_px'))} px ({reach} the landmarks)")
+    final = cmp.observed.get("landmarks_max_px")
+    if final is not None:
+        parts.append(f"{FINAL_LANDMARKS} {_fmt(final)} px (tol {_fmt(cmp.landmark_tolerance_px)})")
+    if cmp.missing_keys:
+        parts.append(f"{len(cmp.missing_keys)} golden stages not in candidate")
+    return head + "  " + "; ".join(parts)
+
+
+def _json_payload(results: list, summary: Summary, modes: tuple[str, ...], gate: str,
+                  tolerances: Tolerances) -> dict[str, Any]:
+    return {
+        "format": JSON_FORMAT,
+        "modes": list(modes),
+        "gate": gate,
+        "tolerances": tolerances.source,
+        "summary": summary.to_json(),
+        "cases": [r.to_json() for r in results if isinstance(r, CaseComparison)],
+        "errors": [r.to_json() for r in results if isinstance(r, CaseFailure)],
+    }
+
+
+def _write_json(target: str, payload: dict) -> None:
+    text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
+    if target == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        Path(target).write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write JSON ({exc.strerror or exc})", target) from None
+
+
+__all__ = ["compare", "case_line"]

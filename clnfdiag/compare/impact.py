@@ -1,0 +1,76 @@
+"""Impact: does a diverging stage reach the mean-shifts and the final landmarks?
+
+The candidate's value of the diverging stage is carried through the rest of
+the fit: the golden's pass is replayed from its own inputs (parameters
+entering the pass) with that one stage replaced, and every later stage and
+pass is computed by clnfdiag. The same replay without the replacement is the
+baseline, so what is measured is the effect of that stage alone (clnfdiag's
+own float-level differences from the C++ cancel out).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..fitter import Fitter
+from ..golden import GoldenCase
+from ..trace import Recorder
+from .propagated import case_parameters
+
+F32 = np.float32
+
+#: Stages that are outputs only: nothing downstream reads them.
+_TERMINAL = re.compile(r"(^final/|/landmark_likelihoods$|/shape_change_norm$|/n_updates$"
+                       r"|^input/|/final_(global|local)$|/visibilities$|/window_size$"
+                       r"|/scale_index$)")
+
+
+def _replay(case: GoldenCase, fitter: Fitter, start_pass: int,
+            overrides: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Fit from the golden's inputs to ``start_pass`` with some stages replaced.
+
+    Parameters entering the pass (``passN/params_*_in``, ``init/params_*``) are
+    themselves overridable: they are where the replay starts.
+    """
+    p = case_parameters(case)
+    gray = case.stage("input/gray").astype(F32)
+    src = f"pass{start_pass}/params_{{}}_in" if start_pass > 0 else "init/params_{}"
+    g = np.asarray(overrides.get(src.format("global"), case.stage(src.format("global"))), F32)
+    loc = np.asarray(overrides.get(src.format("local"), case.stage(src.format("local"))), F32)
+    rec = Recorder()
+    out = fitter.main.fit(gray, g, loc, p, rec, start_pass=start_pass, overrides=overrides)
+    landmarks = fitter.main.pdm.calc_shape_2d(out["params_local"], out["params_global"])
+    return landmarks, rec.stages
+
+
+def _max_point_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray], suffix: str) -> float:
+    worst = 0.0
+    for k, v in a.items():
+        if k.endswith(suffix) and k in b:
+            worst = max(worst, float(np.linalg.norm(v - b[k], axis=-1).max()))
+    return worst
+
+
+def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
+           fitter: Fitter) -> dict[str, float]:
+    """Effect of the candidate's ``stage_key`` on the mean-shifts and final landmarks.
+
+    Returns
+    -------
+    dict
+        ``mean_shifts_max_px``: largest change of any image-frame mean-shift
+        in the replayed passes; ``landmarks_max_px``: largest change of a
+        final landmark (main model, before any hierarchical refinement).
+    """
+    if stage_key == "final/landmarks":
+        d = np.linalg.norm(candidate[stage_key] - case.stage(stage_key), axis=-1).max()
+        return {"mean_shifts_max_px": 0.0, "landmarks_max_px": float(d)}
+    if _TERMINAL.search(stage_key) or stage_key not in candidate:
+        return {"mean_shifts_max_px": 0.0, "landmarks_max_px": 0.0}
+    m = re.match(r"pass(\d+)/", stage_key)
+    start = int(m.group(1)) if m else 0
+    base_lm, base_tr = _replay(case, fitter, start, {})
+    cand_lm, cand_tr = _replay(case, fitter, start, {stage_key: np.asarray(candidate[stage_key])})
+    return {"mean_shifts_max_px": _max_point_diff(cand_tr, base_tr, "/mean_shifts"),
+            "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max())}

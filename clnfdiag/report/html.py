@@ -1,0 +1,332 @@
+"""The report page: one self-contained ``index.html`` (inline CSS/JS, PNGs as data URIs, no network)."""
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .tables import CaseView, fmt, kind_of
+
+#: Columns of the per-landmark table on the page (all of them are in magnitude.csv).
+PAGE_COLUMNS: list[tuple[str, str, str]] = [
+    # (column of magnitude.csv, header, tooltip)
+    ("pass", "pass", "window-size pass"),
+    ("landmark", "lm", "landmark index (68-point iBUG)"),
+    ("region", "region", "face region"),
+    ("visible", "vis", "1 where a patch expert exists in this view"),
+    ("patch_confidence", "conf", "patch expert confidence (when the JSON has it)"),
+    ("peak_golden_shift", "peak G", "golden peak of the post-shift map"),
+    ("peak_candidate_shift", "peak C", "candidate peak of the post-shift map"),
+    ("peak_ratio_raw", "ratio raw", "candidate/golden peak, raw map"),
+    ("peak_ratio_sigma", "ratio \u03a3", "candidate/golden peak, post-Sigma map"),
+    ("peak_ratio_shift", "ratio shift", "candidate/golden peak, post-shift map"),
+    ("rel_raw", "rel raw", "max |diff| / golden peak, raw map"),
+    ("rel_sigma", "rel \u03a3", "max |diff| / golden peak, post-Sigma map"),
+    ("rel_shift", "rel shift", "max |diff| / golden peak, post-shift map"),
+    ("max_abs_shift", "abs shift", "max |diff|, post-shift map"),
+    ("peak_shift_px_shift", "argmax \u0394 px", "distance between the argmax positions, post-shift map"),
+    ("correlation_shift", "corr", "Pearson correlation of the post-shift maps"),
+    ("within_tolerance", "ok", "all three maps within tolerance for this landmark"),
+]
+
+#: Plots of a case: (file stem, heading).
+PLOTS = [
+    ("landmarks", "Final landmarks and error vectors"),
+    ("errors", "Per-landmark error by stage kind"),
+    ("peak_ratio", "Peak-magnitude ratio per landmark"),
+    ("maps", "Response maps of the worst landmarks"),
+    ("convergence", "Convergence"),
+]
+
+#: Rows of the stage table shown per case (the rest is in summary.json).
+MAX_STAGE_ROWS = 40
+
+CSS = """
+:root { --ok:#1b7f3a; --bad:#b3261e; --unk:#8a6d00; --line:#d8d8d8; --bg:#fafafa; }
+* { box-sizing: border-box; }
+body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
+       max-width: 1280px; padding: 0 18px 40px; color: #1d1d1d; background: #fff; }
+h1 { font-size: 22px; margin: 18px 0 6px; }
+h2 { font-size: 18px; margin: 28px 0 6px; padding-top: 8px; border-top: 2px solid #333; }
+h3 { font-size: 15px; margin: 16px 0 6px; }
+.meta { color: #555; font-size: 12px; margin: 0 0 10px; }
+.headline { font-size: 17px; font-weight: 600; padding: 8px 12px; border-radius: 6px; margin: 8px 0; }
+.headline.pass, .pill.pass { background: #e3f4e8; color: var(--ok); }
+.headline.diverged, .pill.diverged, .pill.error { background: #fbe4e2; color: var(--bad); }
+.pill { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 12px; }
+.effect.ok { color: var(--ok); font-weight: 600; }
+.effect.bad { color: var(--bad); font-weight: 600; }
+.effect.unknown { color: var(--unk); font-weight: 600; }
+table { border-collapse: collapse; font-size: 12px; }
+th, td { border: 1px solid var(--line); padding: 2px 6px; text-align: right; white-space: nowrap; }
+th { background: #f0f0f0; font-weight: 600; }
+td.l, th.l { text-align: left; }
+tr.beyond td { background: #fff1f0; }
+table.sortable th { cursor: pointer; user-select: none; position: sticky; top: 0; z-index: 1; }
+table.sortable th.asc::after { content: " \\25B2"; font-size: 9px; }
+table.sortable th.desc::after { content: " \\25BC"; font-size: 9px; }
+.tablewrap { max-height: 460px; overflow: auto; border: 1px solid var(--line); display: inline-block;
+             max-width: 100%; }
+.tablewrap table { border: 0; }
+nav { font-size: 12px; margin: 6px 0 10px; }
+nav a { margin-right: 10px; }
+figure { margin: 8px 0 14px; }
+figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 12px; color: #444; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(560px, 1fr)); gap: 8px 18px;
+        align-items: start; }
+.note { color: var(--unk); font-size: 12px; }
+code { background: var(--bg); padding: 0 3px; }
+@media print {
+  body { max-width: none; padding: 0; font-size: 11px; }
+  nav, .noprint { display: none; }
+  section.case { break-before: page; }
+  .tablewrap { max-height: none; overflow: visible; border: 0; }
+  table.sortable th { position: static; cursor: auto; }
+  figure { break-inside: avoid; }
+  .grid { display: block; }
+  a { color: inherit; text-decoration: none; }
+}
+"""
+
+JS = """
+(function () {
+  function key(td) {
+    var v = td.getAttribute('data-v');
+    if (v === null) v = td.textContent;
+    if (v === '' || v === '-') return null;
+    var f = parseFloat(v);
+    return (isNaN(f) || !/^[-+0-9.eE]+$/.test(v.trim())) ? v.toLowerCase() : f;
+  }
+  function sortBy(th) {
+    var table = th.closest('table'), body = table.tBodies[0];
+    var idx = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var asc = !th.classList.contains('asc');
+    Array.prototype.forEach.call(th.parentNode.children, function (h) { h.classList.remove('asc', 'desc'); });
+    th.classList.add(asc ? 'asc' : 'desc');
+    var rows = Array.prototype.slice.call(body.rows);
+    rows.sort(function (a, b) {
+      var x = key(a.cells[idx]), y = key(b.cells[idx]);
+      if (x === null && y === null) return 0;
+      if (x === null) return 1;           /* empty cells last either way */
+      if (y === null) return -1;
+      if (typeof x !== typeof y) { x = String(x); y = String(y); }
+      var c = x < y ? -1 : (x > y ? 1 : 0);
+      return asc ? c : -c;
+    });
+    rows.forEach(function (r) { body.appendChild(r); });
+  }
+  document.querySelectorAll('table.sortable th').forEach(function (th) {
+    th.addEventListener('click', function () { sortBy(th); });
+  });
+  window.addEventListener('load', function () {
+    var imgs = Array.prototype.slice.call(document.images);
+    var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
+    document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
+  });
+})();
+"""
+
+
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _cell(value: Any, digits: int = 4) -> str:
+    """A numeric table cell with its exact value in data-v (for sorting)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return '<td data-v="">-</td>'
+    if isinstance(value, (bool, np.bool_)):
+        return f'<td data-v="{int(value)}">{"yes" if value else "no"}</td>'
+    if isinstance(value, (int, np.integer)):
+        return f'<td data-v="{int(value)}">{int(value)}</td>'
+    if isinstance(value, (float, np.floating)):
+        v = float(value)
+        return f'<td data-v="{v!r}">{fmt(v, digits)}</td>' if math.isfinite(v) else \
+            f'<td data-v="{1e308 if v > 0 else -1e308}">{"inf" if v > 0 else "-inf"}</td>'
+    return f'<td class="l" data-v="{esc(value)}">{esc(value)}</td>'
+
+
+def _pill(verdict: str) -> str:
+    return f'<span class="pill {esc(verdict)}">{esc(verdict.upper())}</span>'
+
+
+def overview(views: list[CaseView], summary: dict) -> str:
+    """Headline and the table of every comparison."""
+    ok_views = [v for v in views if not v.is_failure]
+    n_div = sum(v.verdict != "pass" for v in ok_views)
+    n_err = sum(v.is_failure for v in views)
+    state = "pass" if (n_div == 0 and n_err == 0) else "diverged"
+    firsts = [f"<code>{esc(v.first_divergent_stage)}</code> ({esc(v.title)})"
+              for v in ok_views if v.first_divergent_stage]
+    head = (f"{'PASS' if state == 'pass' else 'DIVERGED'}: {len(ok_views) - n_div} of {len(ok_views)} "
+            f"comparison(s) passed" + (f", {n_err} could not be compared" if n_err else ""))
+    out = [f'<div class="headline {state}" id="verdict">{head}</div>']
+    if firsts:
+        out.append("<p>First diverging stage: " + "; ".join(firsts[:8])
+                   + (f" and {len(firsts) - 8} more" if len(firsts) > 8 else "") + "</p>")
+    rows = []
+    for v in views:
+        if v.is_failure:
+            rows.append(f'<tr><td class="l"><a href="#{esc(v.slug)}">{esc(v.case)}</a></td>'
+                        f'<td class="l">{esc(v.mode or "-")}</td><td class="l">{_pill("error")}</td>'
+                        f'<td class="l" colspan="5">{esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</td></tr>')
+            continue
+        cls, sentence = v.landmark_effect()
+        ms, _ = v.impact_value("mean_shifts_max_px")
+        lm, _ = v.impact_value("landmarks_max_px")
+        rows.append(
+            f'<tr><td class="l"><a href="#{esc(v.slug)}">{esc(v.case)}</a></td><td class="l">{esc(v.mode)}</td>'
+            f'<td class="l">{_pill(v.verdict)}</td>'
+            f'<td class="l"><code>{esc(v.first_divergent_stage or "-")}</code></td>'
+            f"{_cell(ms)}{_cell(lm)}{_cell(v.landmark_tolerance)}"
+            f'<td class="l"><span class="effect {cls}">{sentence}</span></td></tr>')
+    out.append('<table class="sortable" id="overview"><thead><tr><th class="l">case</th><th class="l">mode</th>'
+               '<th class="l">verdict</th><th class="l">first divergent stage</th><th>mean-shift impact px</th>'
+               '<th>landmark impact px</th><th>landmark tol px</th><th class="l">impact</th></tr></thead><tbody>'
+               + "".join(rows) + "</tbody></table>")
+    worst = summary.get("worst")
+    if isinstance(worst, dict) and worst.get("stage"):
+        out.append(f'<p class="meta">Worst stage of the run: <code>{esc(worst["stage"])}</code> '
+                   f'({esc(worst.get("case"))}, {esc(worst.get("mode"))}): max_abs {fmt(worst.get("max_abs"))}, '
+                   f'max_rel {fmt(worst.get("max_rel"))}, {fmt(worst.get("ratio"))}\u00d7 tolerance.</p>')
+    return "\n".join(out)
+
+
+def stage_table(v: CaseView) -> str:
+    """Stages beyond tolerance (all stages when none is), worst data first in execution order."""
+    entries = [s for s in v.data.get("stages") or [] if isinstance(s, dict)]
+    beyond = [s for s in entries if not s.get("within_tolerance", True)]
+    shown = beyond[:MAX_STAGE_ROWS]
+    head = (f"{len(beyond)} of {len(entries)} stages beyond tolerance" if beyond
+            else f"all {len(entries)} compared stages within tolerance")
+    if v.data.get("missing_keys"):
+        head += f"; {len(v.data['missing_keys'])} golden key(s) missing from the candidate"
+    out = [f"<h3>Stages</h3><p>{head}" + (f" (first {MAX_STAGE_ROWS} shown; all in summary.json)"
+                                         if len(beyond) > MAX_STAGE_ROWS else "") + "</p>"]
+    if not shown:
+        return "\n".join(out)
+    rows = []
+    for s in shown:
+        worst = ", ".join(str(w) for w in (s.get("worst_landmarks") or [])[:6])
+        reach = s.get("reaches_landmarks")
+        rows.append(f'<tr class="beyond"><td class="l"><code>{esc(s["stage"])}</code></td>'
+                    f'<td class="l">{esc(s.get("kind") or kind_of(s["stage"]))}</td>'
+                    f'{_cell(s.get("max_abs"))}{_cell(s.get("max_rel"))}{_cell(s.get("ratio"))}'
+                    f'{_cell(s.get("atol"))}{_cell(s.get("rtol"))}{_cell(s.get("n_beyond"))}'
+                    f'<td class="l">{"-" if reach is None else ("yes" if reach else "no")}</td>'
+                    f'<td class="l">{esc(worst)}</td><td class="l">{esc(s.get("note", ""))}</td></tr>')
+    out.append('<div class="tablewrap"><table class="sortable"><thead><tr><th class="l">stage</th>'
+               '<th class="l">kind</th><th>max abs</th><th>max rel</th><th>\u00d7 tol</th><th>atol</th>'
+               '<th>rtol</th><th>n beyond</th><th class="l">reaches landmarks</th>'
+               '<th class="l">worst landmarks</th><th class="l">note</th></tr></thead><tbody>'
+               + "".join(rows) + "</tbody></table></div>")
+    return "\n".join(out)
+
+
+def landmark_table(v: CaseView, mag: pd.DataFrame) -> str:
+    """Sortable per-landmark table of one case (a subset of magnitude.csv's columns)."""
+    sub = mag[(mag["case"] == v.case) & (mag["mode"] == v.mode)]
+    if sub.empty:
+        return '<p class="note">No per-landmark response-map data for this case.</p>'
+    cols = [c for c in PAGE_COLUMNS if c[0] in sub.columns and
+            (c[0] != "patch_confidence" or sub[c[0]].notna().any())]
+    head = "".join(f'<th class="{"l" if c[0] == "region" else ""}" title="{esc(c[2])}">{esc(c[1])}</th>'
+                   for c in cols)
+    body = []
+    records = sub[[c[0] for c in cols]].to_dict("records")
+    for rec in records:
+        bad = rec.get("within_tolerance") is False
+        cells = "".join(_cell(_plain(rec[c[0]])) for c in cols)
+        body.append(f'<tr class="beyond">{cells}</tr>' if bad else f"<tr>{cells}</tr>")
+    return (f'<h3>Per landmark (response maps)</h3><p class="meta noprint">{len(records)} rows; click a column '
+            f'header to sort. Every column is in <code>magnitude.csv</code>.</p>'
+            f'<div class="tablewrap"><table class="sortable landmarks" data-case="{esc(v.slug)}"><thead><tr>{head}'
+            f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _plain(x: Any) -> Any:
+    """pandas/numpy cell value -> Python value (None for missing)."""
+    if x is None:
+        return None
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating, float)):
+        return float(x)
+    try:
+        if pd.isna(x):
+            return None
+    except (TypeError, ValueError):
+        pass
+    return x
+
+
+def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]], mag: pd.DataFrame) -> str:
+    """One case: verdict, impact, stage table, plots, per-landmark table."""
+    if v.is_failure:
+        return (f'<section class="case" id="{esc(v.slug)}"><h2>{esc(v.title)} {_pill("error")}</h2>'
+                f'<p>Could not be compared: {esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</p>'
+                "</section>")
+    cls, sentence = v.landmark_effect()
+    ms, ms_src = v.impact_value("mean_shifts_max_px")
+    first = v.first_divergent_stage
+    parts = [f'<section class="case" id="{esc(v.slug)}"><h2>{esc(v.title)} {_pill(v.verdict)}</h2>',
+             f'<p><b>Verdict:</b> {esc(v.verdict)}; <b>first diverging stage:</b> '
+             f'<code>{esc(first or "none")}</code>'
+             + (f'; gate: {esc(v.data["gate"])}' if v.data.get("gate") else "") + "</p>",
+             f'<p><b>Impact:</b> <span class="effect {cls}">{sentence}</span>; mean-shifts '
+             + (f"max {fmt(ms)} px" + ("" if ms_src == "impact" else " (observed)") if ms is not None
+                else "not evaluated")
+             + (f'; C++ noise floor {fmt(v.data["noise_floor_px"])} px' if v.data.get("noise_floor_px") is not None
+                else "") + "</p>"]
+    if v.data.get("golden_path"):
+        parts.append(f'<p class="meta">golden: <code>{esc(v.data["golden_path"])}</code></p>')
+    parts.append(stage_table(v))
+    figs = []
+    for stem, heading in PLOTS:
+        png, note = plots.get(stem, (None, "not made"))
+        if png is None:
+            figs.append(f'<figure><figcaption><b>{esc(heading)}</b></figcaption>'
+                        f'<p class="note">Not shown: {esc(note)}.</p></figure>')
+        else:
+            figs.append(f'<figure><img src="{data_uri(png)}" alt="{esc(heading)}, {esc(v.title)}" loading="eager">'
+                        f'<figcaption><b>{esc(heading)}</b></figcaption></figure>')
+    parts.append('<div class="grid">' + "".join(figs) + "</div>")
+    parts.append(landmark_table(v, mag))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def render_page(views: list[CaseView], summary: dict, sections: list[str], source: str = "") -> str:
+    """The whole page."""
+    ok = [v for v in views if not v.is_failure]
+    n_div = sum(v.verdict != "pass" for v in ok)
+    title = (f"clnfdiag report: {len(views)} comparison(s), "
+             + ("all pass" if n_div == 0 and len(ok) == len(views) else f"{n_div} diverged"))
+    nav = " ".join(f'<a href="#{esc(v.slug)}">{esc(v.title)}</a>' for v in views)
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n"
+        "<body data-images-loaded=\"pending\">\n"
+        f"<h1>{esc(title)}</h1>"
+        f'<p class="meta">Generated {when}'
+        + (f" from <code>{esc(source)}</code>" if source else "")
+        + ". Files next to this page: <code>summary.json</code> (comparator output), "
+          "<code>magnitude.csv</code>, <code>convergence.csv</code>, per-case PNGs.</p>\n"
+        + overview(views, summary)
+        + f"\n<nav>Cases: {nav}</nav>\n"
+        + "\n".join(sections)
+        + f"\n<script>{JS}</script>\n</body></html>\n")
