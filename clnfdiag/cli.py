@@ -157,3 +157,6 @@ main.add_command(models)
 
 from .compare.cli import compare  # noqa: E402  (registered last: it is self-contained)
 main.add_command(compare)
+
+from .report.cli import report  # noqa: E402  (registered last: it is self-contained)
+main.add_command(report)

@@ -21,23 +21,29 @@ class Fault:
     name : str
         The ``--inject`` value.
     stage : str
-        Stage kind it corrupts first (golden vocabulary, without ``passN/``).
-    reaches_landmarks : bool
-        Whether the corruption is expected to move the final landmarks.
+        Stage kind it corrupts first in isolated mode (golden vocabulary, the
+        last part of the key).
+    reaches_landmarks : bool or None
+        Whether the corruption moves the final landmarks beyond tolerance (the
+        case's C++ noise floor when larger); None where that depends on the case.
+    reaches_mean_shifts : bool
+        Whether it changes the image-frame mean-shifts beyond their tolerance.
     description : str
         What a port does wrong.
     """
 
     name: str
     stage: str
-    reaches_landmarks: bool
+    reaches_landmarks: bool | None
     description: str
+    reaches_mean_shifts: bool = True
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("normalize-response", "response", False,
           "divide every post-shift response map by its own maximum (the seed bug): every "
-          "landmark gets peak 1.0; the mean-shift is a weighted centroid, so landmarks do not move"),
+          "landmark gets peak 1.0; the mean-shift is a weighted centroid, so landmarks do not move",
+          reaches_mean_shifts=False),
     Fault("skip-sigma", "response_sigma", True,
           "leave out the CCNF edge potentials: use the raw response instead of Sigma @ raw"),
     Fault("transpose-sigma", "response_sigma", True,
@@ -45,15 +51,19 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "the post-Sigma map comes out transposed"),
     Fault("clip-instead-of-shift", "response", True,
           "clip negative post-Sigma values to 0 instead of shifting the map up by its minimum"),
-    Fault("no-kde-grid", "mean_shifts_ref", True,
+    Fault("no-kde-grid", "mean_shifts_ref", None,
           "exact Gaussian kernel at the landmark offset instead of OpenFace's 0.1-pixel table"),
-    Fault("float64", "response_raw", True,
-          "compute the patch responses in float64 instead of OpenFace's float32"),
+    Fault("float64", "param_update", None,
+          "compute the patch responses and solve the NU-RLMS update in float64 instead of "
+          "OpenFace's float32: a difference of float32 rounding, visible in isolation only "
+          "where the C++ update cancels (astronaut_wild pass 1), elsewhere within tolerance",
+          reaches_mean_shifts=False),
     Fault("no-regularisation", "param_update", True,
           "solve the non-rigid update without the PDM eigenvalue prior"),
-    Fault("sigmoid-no-double-alpha", "response_raw", True,
-          "neuron output alpha·sigmoid instead of 2·alpha·sigmoid"),
-    Fault("wrong-view", "response_raw", True,
+    Fault("sigmoid-no-double-alpha", "response_raw", False,
+          "neuron output alpha·sigmoid instead of 2·alpha·sigmoid: every map is halved, which "
+          "the weighted-centroid mean-shift cannot see", reaches_mean_shifts=False),
+    Fault("wrong-view", "view_id", True,
           "use the patch experts of the next view instead of the closest one"),
     Fault("nearest-warp", "area_of_interest", True,
           "warp the area of interest with nearest-neighbour instead of bilinear interpolation"),

@@ -508,7 +508,8 @@ def cholesky_solve_opencv(a, b):
 
 
 def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
-                 rigid: bool, regularise: bool = True, visible=None) -> np.ndarray:
+                 rigid: bool, regularise: bool = True, visible=None,
+                 double: bool = False) -> np.ndarray:
     """One NU-RLMS parameter update ``delta_p`` (before UpdateModelParameters).
 
     ``(J^T W J + R) delta_p = J^T W ms - R p`` with, as in OpenFace:
@@ -574,6 +575,17 @@ def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
         # ``J_w_t_m - R * p`` is one OpenCV gemm expression (alpha -1, beta 1):
         # the exact products and the difference in double, one rounding.
         rhs[6:] = (rhs[6:].astype(F64) - reg[6:].astype(F64) * p.astype(F64)).astype(F32)
+    if double:
+        # The ``float64`` known fault: a port that builds and solves the normal
+        # equations in double, as numpy does by default.
+        J64, w64 = J.astype(F64), w.astype(F64)
+        rhs64 = (J64 * w64[:, None]).T @ ms_vec.astype(F64)
+        reg64 = np.zeros(k)
+        if not rigid and regularise:
+            reg64[6:] = F64(reg_factor) / np.asarray(eigen_values, F64)[:k - 6]
+            rhs64[6:] -= reg64[6:] * np.asarray(params_local, F64).reshape(-1)[:k - 6]
+        h64 = (J64 * w64[:, None]).T @ J64 + np.diag(reg64)
+        return np.linalg.solve(h64, rhs64).astype(F32)
     h = hessian_sgemm(jw, J, reg)
     dp, _ok = cholesky_solve_opencv(h, rhs)
     return dp
@@ -787,7 +799,8 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
         dp = ov.get(tag + "param_update")
         if dp is None:
             dp = solve_update(jac, w_diag, ms, loc, pdm.eigen_values, reg_factor, rigid,
-                              regularise=regularise, visible=visible)
+                              regularise=regularise, visible=visible,
+                              double="float64" in faults)
         if rec.enabled:
             rec.record(tag + "dxs", dxs, F32)
             rec.record(tag + "dys", dys, F32)

@@ -8,8 +8,8 @@ usage (one line on stderr per problem).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -19,12 +19,14 @@ import click
 
 from ..errors import ClnfdiagError, InputError
 from ..faults import FAULTS, parse_faults
-from ..golden import find_cases
+from ..golden import find_cases, read_case
 from .comparator import (FINAL_LANDMARKS, CandidateTraces, FitProducer, impact_function, producer_function,
                          run)
-from .struct import CaseComparison, CaseFailure, Summary, _fmt
+from .struct import CaseComparison, CaseFailure, Summary, fmt_number
 from .tolerances import Tolerances, load_tolerances
 
+#: Carriage return + erase line: removes the progress counter before a result line.
+_CLEAR_LINE = "\r\033[K"
 #: Format tag of the JSON written by ``--json``.
 JSON_FORMAT = "clnfdiag-compare/1"
 
@@ -94,18 +96,27 @@ def _compare(golden_paths, candidate, mode, tolerances_file, gate, inject, repor
     progress = _progress_printer(len(case_dirs)) if not quiet and _is_tty(sys.stderr) else None
 
     results: list[CaseComparison | CaseFailure] = []
-    for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress, impact=impact):
+    keep = keep_for_report if write_report is not None else None
+    for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress, impact=impact,
+                   keep=keep):
         results.append(res)
         _print_result(res, human, quiet, progress is not None)
     if progress is not None:
-        click.echo("", err=True)
+        click.echo(_CLEAR_LINE, err=True, nl=False)
     summary = Summary.from_results(results, time.perf_counter() - t0)
     click.echo(summary.line(), file=human)
     if json_out is not None:
         _write_json(json_out, _json_payload(results, summary, modes, gate, tolerances))
     if write_report is not None:
-        write_report([r for r in results if isinstance(r, CaseComparison)], report_dir)
+        _write_report(write_report, results, report_dir, _source(golden_paths, candidate, inject))
     return summary.exit_code
+
+
+def _source(golden_paths, candidate, inject) -> str:
+    """What was compared, for the report page."""
+    text = "golden " + " ".join(map(str, golden_paths))
+    text += f"; candidate {candidate}" if candidate is not None else "; clnfdiag fit"
+    return text + (f"; injected {', '.join(inject)}" if inject else "")
 
 
 def _modes(mode: str | None, have_candidate: bool) -> tuple[str, ...]:
@@ -135,12 +146,39 @@ def _producer(candidate: Path | None, inject: tuple[str, ...], models: Path | No
 
 def _report_writer():
     """``clnfdiag.report.write_report``, or InputError when that module is not there."""
-    if importlib.util.find_spec("clnfdiag.report") is None:
-        raise InputError("--report needs the clnfdiag.report module, which is not installed")
-    module = importlib.import_module("clnfdiag.report")
+    try:
+        module = importlib.import_module("clnfdiag.report")
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("clnfdiag.report",):
+            raise
+        raise InputError("--report needs the clnfdiag.report module, which is not installed") from None
     if not hasattr(module, "write_report"):
         raise InputError("clnfdiag.report has no write_report(comparisons, out_dir)")
     return module.write_report
+
+
+def keep_for_report(key: str) -> bool:
+    """Candidate arrays the report's plots use: maps, final landmarks, first KDE centres."""
+    return _REPORT_KEYS.match(key) is not None
+
+
+_REPORT_KEYS = re.compile(r"^(final/landmarks|pass\d+/(area_of_interest|response_raw|response_sigma|response)"
+                          r"|pass\d+/rigid/iter00/(dxs|dys))$")
+
+
+def _write_report(write_report, results: list, out_dir: Path, source: str) -> None:
+    """Call the report writer with the golden cases and the kept candidate arrays."""
+    comparisons = [r for r in results if isinstance(r, CaseComparison)]
+    goldens = {}
+    try:
+        for c in comparisons:
+            if c.case not in goldens and c.golden_path:
+                goldens[c.case] = read_case(c.golden_path, verify=False)
+        maps = {(c.case, c.mode): c.kept for c in comparisons}
+        write_report(results, out_dir, golden_cases=goldens, candidate_maps=maps, source=source)
+    finally:
+        for g in goldens.values():
+            g.close()
 
 
 def _is_tty(stream: IO) -> bool:
@@ -157,16 +195,14 @@ def _progress_printer(total: int):
 
 
 def _print_result(res: CaseComparison | CaseFailure, out: IO, quiet: bool, progress_shown: bool) -> None:
+    if quiet and isinstance(res, CaseComparison) and res.passed:
+        return
+    if progress_shown:
+        click.echo(_CLEAR_LINE, err=True, nl=False)  # the next progress call redraws it
     if isinstance(res, CaseFailure):
-        if progress_shown:
-            click.echo("", err=True)
         click.echo(res.line(), err=True)
-        return
-    if quiet and res.passed:
-        return
-    if progress_shown and _is_tty(out):
-        click.echo("", file=out)
-    click.echo(case_line(res), file=out)
+    else:
+        click.echo(case_line(res), file=out)
 
 
 def case_line(cmp: CaseComparison) -> str:
@@ -177,11 +213,11 @@ def case_line(cmp: CaseComparison) -> str:
         parts.append(f"{len(cmp.stages)} stages within tolerance")
         w = cmp.worst_stage
         if w is not None:
-            parts.append(f"worst {w.stage} at {_fmt(w.ratio)}x tolerance (max_abs {_fmt(w.max_abs)})")
+            parts.append(f"worst {w.stage} at {fmt_number(w.ratio)}x tolerance (max_abs {fmt_number(w.max_abs)})")
     else:
         s = cmp.stage(cmp.first_divergent_stage)
-        text = (f"first divergence {s.stage}: max_abs {_fmt(s.max_abs)} max_rel {_fmt(s.max_rel)} "
-                f"({_fmt(s.ratio)}x tolerance)")
+        text = (f"first divergence {s.stage}: max_abs {fmt_number(s.max_abs)} max_rel {fmt_number(s.max_rel)} "
+                f"({fmt_number(s.ratio)}x tolerance)")
         if s.note:
             text += f" [{s.note}]"
         if s.worst_landmarks:
@@ -191,10 +227,10 @@ def case_line(cmp: CaseComparison) -> str:
         parts.append(f"{len(cmp.divergent_stages)}/{len(cmp.stages)} stages beyond")
         if cmp.impact is not None:
             reach = {True: "reaches", False: "does not reach", None: "?"}[s.reaches_landmarks]
-            parts.append(f"impact: landmarks {_fmt(cmp.impact.get('landmarks_max_px'))} px ({reach} the landmarks)")
+            parts.append(f"impact: landmarks {fmt_number(cmp.impact.get('landmarks_max_px'))} px ({reach} the landmarks)")
     final = cmp.observed.get("landmarks_max_px")
     if final is not None:
-        parts.append(f"{FINAL_LANDMARKS} {_fmt(final)} px (tol {_fmt(cmp.landmark_tolerance_px)})")
+        parts.append(f"{FINAL_LANDMARKS} {fmt_number(final)} px (tol {fmt_number(cmp.landmark_tolerance_px)})")
     if cmp.missing_keys:
         parts.append(f"{len(cmp.missing_keys)} golden stages not in candidate")
     return head + "  " + "; ".join(parts)
@@ -206,7 +242,7 @@ def _json_payload(results: list, summary: Summary, modes: tuple[str, ...], gate:
         "format": JSON_FORMAT,
         "modes": list(modes),
         "gate": gate,
-        "tolerances": tolerances.source,
+        "tolerances": tolerances.to_json(),
         "summary": summary.to_json(),
         "cases": [r.to_json() for r in results if isinstance(r, CaseComparison)],
         "errors": [r.to_json() for r in results if isinstance(r, CaseFailure)],

@@ -169,7 +169,7 @@ def _pass_stages(case, k, scale, ws, clnf: CLNF, p, gray_f32, prev_g, prev_l, fa
             out[tag + "param_update"] = opt.solve_update(
                 st(tag + "jacobian"), st(ph + "weights"), st(tag + "mean_shifts"), l0,
                 pdm.eigen_values, g_reg, rigid, regularise="no-regularisation" not in faults,
-                visible=visible)
+                visible=visible, double="float64" in faults)
             loc, g = pdm.update_parameters(st(tag + "param_update"), l0, g0)
             loc, g = pdm.clamp(loc, g, p.limit_pose)
             out[tag + "params_global"], out[tag + "params_local"] = g, loc

@@ -254,6 +254,9 @@ class CaseComparison:
         The golden case folder.
     wall_time_s : float
         Time to produce and compare the candidate.
+    kept : dict[str, numpy.ndarray]
+        Candidate arrays kept on request (``run(keep=...)``, e.g. for report
+        plots); never written to the JSON.
     """
 
     case: str
@@ -271,6 +274,7 @@ class CaseComparison:
     noise_floor_px: float | None = None
     golden_path: str = ""
     wall_time_s: float = 0.0
+    kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def passed(self) -> bool:
@@ -438,8 +442,8 @@ class Summary:
             text += f", {self.errors} could not be compared"
         if self.worst is not None:
             w = self.worst
-            text += (f"; worst stage {w['stage']} ({w['case']}, {w['mode']}): max_abs {_fmt(w['max_abs'])}"
-                     f" max_rel {_fmt(w['max_rel'])} = {_fmt(w['ratio'])}x tolerance")
+            text += (f"; worst stage {w['stage']} ({w['case']}, {w['mode']}): max_abs {fmt_number(w['max_abs'])}"
+                     f" max_rel {fmt_number(w['max_rel'])} = {fmt_number(w['ratio'])}x tolerance")
         return text + f"; {self.wall_time_s:.1f} s"
 
     def to_json(self) -> dict:
@@ -451,7 +455,7 @@ class Summary:
                 "worst": worst, "wall_time_s": round(self.wall_time_s, 3), "exit_code": self.exit_code}
 
 
-def _fmt(x: float | None) -> str:
+def fmt_number(x: float | None) -> str:
     """Short human number (3 significant digits)."""
     if x is None:
         return "-"

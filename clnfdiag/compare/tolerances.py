@@ -285,16 +285,19 @@ def landmark_floor(case_dir: str | Path, case_id: str) -> float | None:
     float or None
         ``cases[case_id]``; None when there is no such file or no entry.
     """
-    floors = _read_floors(str(Path(case_dir).resolve().parent / FLOOR_FILE))
-    value = floors.get(case_id)
+    path = Path(case_dir).resolve().parent / FLOOR_FILE
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    value = _read_floors(str(path), st.st_mtime_ns, st.st_size).get(case_id)
     return None if value is None else float(value)
 
 
 @lru_cache(maxsize=16)
-def _read_floors(path: str) -> dict[str, float]:
+def _read_floors(path: str, mtime_ns: int, size: int) -> dict[str, float]:
+    """``cases`` of a CPP_FLOOR.json (cached per file version)."""
     p = Path(path)
-    if not p.is_file():
-        return {}
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
         cases = data["cases"]

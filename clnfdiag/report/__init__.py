@@ -16,6 +16,10 @@ Output folder::
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,14 +27,15 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InputError
-from . import html as _html
-from . import plots as _plots
-from .tables import (case_views, convergence_rows, convergence_table, dump_json, load_summary,
-                     magnitude_table, normalise)
+
+# matplotlib and pandas are imported on first use (inside the functions), so that registering
+# the ``report`` command does not slow down every other ``clnfdiag`` command.
 
 #: File next to summary.json holding the arrays of the image and map plots.
 ARRAYS_FILE = "report_arrays.npz"
 SUMMARY_FILE = "summary.json"
+#: Largest number of processes drawing plots.
+MAX_WORKERS = 4
 
 
 def default_reports_dir() -> Path:
@@ -80,6 +85,10 @@ def write_report(comparisons: Any, out_dir: str | Path | None = None, golden_cas
     Path
         The output folder (holding ``index.html``).
     """
+    from . import html as _html
+    from . import plots as _plots
+    from .tables import case_views, convergence_table, dump_json, magnitude_table, normalise
+
     summary = normalise(comparisons)
     out = Path(out_dir) if out_dir is not None else default_out_dir()
     try:
@@ -95,10 +104,9 @@ def write_report(comparisons: Any, out_dir: str | Path | None = None, golden_cas
 
     saved = _load_arrays(arrays_file)
     store: dict[str, np.ndarray] = {}
-    sections = []
+    jobs = []
     for v in views:
         if v.is_failure:
-            sections.append(_html.case_section(v, {}, mag))
             continue
         golden = _plots._lookup(golden_cases, v)
         candidate = _plots._lookup(candidate_maps, v)
@@ -109,13 +117,15 @@ def write_report(comparisons: Any, out_dir: str | Path | None = None, golden_cas
         else:
             arrays = _plots.golden_only_arrays(v)
         arrays.save_into(store, v.slug)
-        figs = {
-            "landmarks": _plots.plot_landmarks(v, arrays),
-            "errors": _plots.plot_errors(v),
-            "peak_ratio": _plots.plot_peak_ratios(v),
-            "maps": _plots.plot_maps(v, arrays),
-            "convergence": _plots.plot_convergence(v, convergence_rows(v)),
-        }
+        jobs.append((v, arrays))
+    figures = dict(zip((v.slug for v, _ in jobs), _render_all(jobs)))
+
+    sections = []
+    for v in views:
+        if v.is_failure:
+            sections.append(_html.case_section(v, {}, mag))
+            continue
+        figs = figures[v.slug]
         case_dir = out / v.slug
         case_dir.mkdir(exist_ok=True)
         for stem, (png, _) in figs.items():
@@ -127,6 +137,38 @@ def write_report(comparisons: Any, out_dir: str | Path | None = None, golden_cas
     page = _html.render_page(views, summary, sections, source=source)
     (out / "index.html").write_text(page, encoding="utf-8")
     return out
+
+
+def _render_case(view: Any, arrays: Any) -> dict[str, tuple[bytes | None, str | None]]:
+    """Every plot of one case: ``{stem: (png or None, note)}``."""
+    from . import plots as _plots
+    from .tables import convergence_rows
+
+    return {
+        "landmarks": _plots.plot_landmarks(view, arrays),
+        "errors": _plots.plot_errors(view),
+        "peak_ratio": _plots.plot_peak_ratios(view),
+        "maps": _plots.plot_maps(view, arrays),
+        "convergence": _plots.plot_convergence(view, convergence_rows(view)),
+    }
+
+
+def _render_job(job: tuple) -> dict[str, tuple[bytes | None, str | None]]:
+    return _render_case(*job)
+
+
+def _render_all(jobs: list[tuple]) -> list[dict[str, tuple[bytes | None, str | None]]]:
+    """Plots of every case; on a multi-core machine in forked worker processes (matplotlib is
+    single-threaded and plots dominate the build time), else here."""
+    workers = min(len(jobs), os.cpu_count() or 1, MAX_WORKERS)
+    if workers >= 2 and "fork" in multiprocessing.get_all_start_methods():
+        try:
+            ctx = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+                return list(pool.map(_render_job, jobs))
+        except (OSError, BrokenProcessPool):
+            pass  # no processes to be had here: draw in this one
+    return [_render_case(v, a) for v, a in jobs]
 
 
 def _load_arrays(path: str | Path | None) -> dict[str, np.ndarray] | None:
@@ -141,6 +183,8 @@ def _load_arrays(path: str | Path | None) -> dict[str, np.ndarray] | None:
 
 def rebuild_report(summary_json: str | Path, out_dir: str | Path | None = None) -> Path:
     """Rebuild a report from a saved ``summary.json`` (and the ``report_arrays.npz`` next to it)."""
+    from .tables import load_summary
+
     summary_json = Path(summary_json)
     data = load_summary(summary_json)
     return write_report(data, out_dir, arrays_file=summary_json.parent / ARRAYS_FILE, source=str(summary_json))

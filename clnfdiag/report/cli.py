@@ -5,8 +5,6 @@ from pathlib import Path
 
 import click
 
-from . import rebuild_report
-
 
 @click.command("report")
 @click.argument("summary_json", metavar="SUMMARY_JSON", type=click.Path(path_type=Path))
@@ -18,5 +16,7 @@ def report(summary_json: Path, out_dir: Path | None) -> None:
     Nothing is re-run: the tables come from SUMMARY_JSON; the image and
     response-map plots use the report_arrays.npz saved next to it, when present.
     """
+    from . import rebuild_report  # matplotlib/pandas only when this command runs
+
     out = rebuild_report(summary_json, out_dir)
     click.echo(f"report: {out / 'index.html'}")

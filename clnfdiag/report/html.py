@@ -181,7 +181,8 @@ def overview(views: list[CaseView], summary: dict) -> str:
                         f'<td class="l">{esc(v.mode or "-")}</td><td class="l">{_pill("error")}</td>'
                         f'<td class="l" colspan="5">{esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</td></tr>')
             continue
-        cls, sentence = v.landmark_effect()
+        cls, phrase = v.landmark_verdict()
+        _, sentence = v.landmark_effect()
         ms, _ = v.impact_value("mean_shifts_max_px")
         lm, _ = v.impact_value("landmarks_max_px")
         rows.append(
@@ -189,7 +190,8 @@ def overview(views: list[CaseView], summary: dict) -> str:
             f'<td class="l">{_pill(v.verdict)}</td>'
             f'<td class="l"><code>{esc(v.first_divergent_stage or "-")}</code></td>'
             f"{_cell(ms)}{_cell(lm)}{_cell(v.landmark_tolerance)}"
-            f'<td class="l"><span class="effect {cls}">{sentence}</span></td></tr>')
+            f'<td class="l"><span class="effect {cls}" title="{esc(html.unescape(sentence))}">{phrase}</span>'
+            f'</td></tr>')
     out.append('<table class="sortable" id="overview"><thead><tr><th class="l">case</th><th class="l">mode</th>'
                '<th class="l">verdict</th><th class="l">first divergent stage</th><th>mean-shift impact px</th>'
                '<th>landmark impact px</th><th>landmark tol px</th><th class="l">impact</th></tr></thead><tbody>'

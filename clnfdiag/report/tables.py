@@ -146,7 +146,7 @@ def _case_json(item: Any) -> dict:
 
 def _summary_of(cases: list[dict]) -> dict:
     """Counts when the caller gave comparisons without a summary."""
-    ok = [c for c in cases if "verdict" in c and c.get("verdict") in ("pass", "diverged")]
+    ok = [c for c in cases if not _is_failure(c)]
     by_mode: dict[str, dict[str, int]] = {}
     for c in ok:
         m = by_mode.setdefault(str(c.get("mode")), {"total": 0, "passed": 0, "diverged": 0})
@@ -168,38 +168,48 @@ def _object_summary(items: Any) -> dict | None:
         return None
 
 
+def _is_failure(c: dict) -> bool:
+    """A case that could not be compared (CaseFailure JSON: an error, no verdict)."""
+    return "error" in c and "verdict" not in c
+
+
 def normalise(comparisons: Any) -> dict:
-    """``{"cases": [...], "summary": {...}}`` from any accepted input.
+    """``{"cases": [...], "errors": [...], "summary": {...}}`` from any accepted input.
 
     Parameters
     ----------
     comparisons : dict, list or object
-        The comparator JSON (``{"cases", "summary"}``), a list of case dicts,
-        a list of CaseComparison / CaseFailure objects, or one of them.
+        The comparator JSON (``{"cases", "errors", "summary", ...}``, as
+        ``clnfdiag compare --json`` writes it), a list of case dicts, a list
+        of CaseComparison / CaseFailure objects, or one of them. Failures go
+        to ``errors``; other top-level keys are kept.
 
     Raises
     ------
     InputError
-        Anything else, or a case without ``case`` and ``mode``.
+        Anything else, or a case without ``case``.
     """
     if isinstance(comparisons, dict) and "cases" in comparisons:
-        cases = [_case_json(c) for c in comparisons["cases"]]
+        items = list(comparisons["cases"]) + list(comparisons.get("errors") or [])
         summary = comparisons.get("summary")
-        extra = {k: v for k, v in comparisons.items() if k not in ("cases", "summary")}
+        extra = {k: v for k, v in comparisons.items() if k not in ("cases", "errors", "summary")}
     else:
         if isinstance(comparisons, dict) or hasattr(comparisons, "to_json"):
             comparisons = [comparisons]
         if not isinstance(comparisons, (list, tuple)):
             raise InputError(f"expected the comparator JSON or a list of comparisons, got "
                              f"{type(comparisons).__name__}")
-        cases = [_case_json(c) for c in comparisons]
-        summary, extra = _object_summary(comparisons), {}
-    for i, c in enumerate(cases):
+        items = list(comparisons)
+        summary, extra = _object_summary(items), {}
+    entries = [_case_json(c) for c in items]
+    for i, c in enumerate(entries):
         if not isinstance(c, dict) or "case" not in c:
             raise InputError(f"case entry {i} is not a comparison (no 'case')")
+    cases = [c for c in entries if not _is_failure(c)]
+    errors = [c for c in entries if _is_failure(c)]
     if not isinstance(summary, dict):
-        summary = _summary_of(cases)
-    return {"cases": cases, "summary": summary, **extra}
+        summary = _summary_of(entries)
+    return {"cases": cases, "errors": errors, "summary": summary, **extra}
 
 
 def load_summary(path: str | Path) -> dict:
@@ -276,7 +286,7 @@ class CaseView:
     @property
     def is_failure(self) -> bool:
         """A case that could not be compared (CaseFailure JSON)."""
-        return "error" in self.data and "verdict" not in self.data
+        return _is_failure(self.data)
 
     @property
     def title(self) -> str:
@@ -321,6 +331,11 @@ class CaseView:
             if isinstance(block, dict) and block.get(name) is not None:
                 return float(block[name]), source
         return None, ""
+
+    def landmark_verdict(self) -> tuple[str, str]:
+        """``(css class, short phrase)``: "landmarks unaffected" / "landmarks affected" / not evaluated."""
+        cls, sentence = self.landmark_effect()
+        return cls, sentence.split(":")[0].split(" (")[0]
 
     def landmark_effect(self) -> tuple[str, str]:
         """``(css class, sentence)``: whether the divergence reaches the final landmarks."""
@@ -407,8 +422,9 @@ class CaseView:
 
 
 def case_views(summary: dict) -> list[CaseView]:
-    """A :class:`CaseView` per case of a normalised summary, in order."""
-    return [CaseView(c, i) for i, c in enumerate(summary["cases"])]
+    """A :class:`CaseView` per comparison of a normalised summary, then one per failure."""
+    entries = list(summary["cases"]) + list(summary.get("errors") or [])
+    return [CaseView(c, i) for i, c in enumerate(entries)]
 
 
 # --------------------------------------------------------------------------- magnitude.csv
