@@ -160,3 +160,6 @@ main.add_command(compare)
 
 from .report.cli import report  # noqa: E402  (registered last: it is self-contained)
 main.add_command(report)
+
+from .cli_fit import fit  # noqa: E402  (registered last: it is self-contained)
+main.add_command(fit)

@@ -459,7 +459,7 @@ class Fitter:
         landmarks = pdm.calc_shape_2d(loc, g)
         used = False
         if p.refine_hierarchical and self.parts:
-            landmarks, g, loc, used = self._refine(gray_f32, landmarks, g, loc, rec, faults)
+            landmarks, g, loc, used = self.refine(gray_f32, landmarks, g, loc, rec, faults)
         if rec.enabled:
             rec.record("final/landmarks", landmarks, F32)
             rec.record("final/params_global", g, F32)
@@ -470,8 +470,27 @@ class Fitter:
         return FitResult(landmarks, g, loc, out["likelihood"], out["landmark_likelihoods"],
                          out["success"], tuple(box), p, out["phases"], dict(rec.stages), used)
 
-    def _refine(self, gray_f32, landmarks, g, loc, rec, faults):
-        """Hierarchical refinement with the part models (OpenFace's ``DetectLandmarks``)."""
+    def refine(self, gray_f32: np.ndarray, landmarks: np.ndarray, g: np.ndarray, loc: np.ndarray,
+               rec=NULL_RECORDER, faults: frozenset[str] = NO_FAULTS):
+        """Hierarchical refinement with the part models (the end of OpenFace's ``DetectLandmarks``).
+
+        Each part's points are taken from the main landmarks, its PDM is fitted
+        to them, and the part model runs when the face's scale exceeds 0.9 x
+        the part's first patch scale; the refined points go back into the 68
+        and the main PDM is refitted to them.
+
+        Parameters
+        ----------
+        gray_f32 : (H, W) float32
+        landmarks : (n, 2) float32
+            Main-model landmarks after the main fit.
+        g, loc : (6,), (m,) float32
+            Main-model parameters after the main fit.
+
+        Returns
+        -------
+        landmarks, params_global, params_local, parts_used
+        """
         rec.record("hierarchical/landmarks_before", landmarks, F32)
         refined = landmarks.copy()
         used = False

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

@@ -17,6 +17,7 @@ from ..fitter import CLNF, Fitter, adapt_parameters, extract_areas, to_gray
 from ..golden import GoldenCase
 from ..parameters import FitParameters
 from ..similarity import similarity_transforms
+from ..trace import Recorder
 
 F32 = np.float32
 
@@ -86,7 +87,25 @@ def isolated_trace(case: GoldenCase, fitter: Fitter,
         out["final/landmark_likelihoods"] = lh
         out["final/likelihood"] = np.float32(opt.model_likelihood(golden_lh, vis))
     out["final/success"] = np.int32(st("final/params_global")[0] >= 0.25)
+    if case.is_hierarchical and fitter.parts:
+        _hierarchical_stages(case, fitter, gray_f32, faults, out)
     return out
+
+
+def _hierarchical_stages(case: GoldenCase, fitter: Fitter, gray_f32, faults, out) -> None:
+    """Refinement fed the golden's main-model result (``hierarchical/landmarks_before``)."""
+    st = case.stage
+    last = case.n_passes - 1
+    g = st(f"pass{last}/nonrigid/final_global")
+    loc = st(f"pass{last}/nonrigid/final_local")
+    out["hierarchical/landmarks_before"] = fitter.main.pdm.calc_shape_2d(loc, g)
+    rec = Recorder()
+    landmarks, g2, l2, _ = fitter.refine(gray_f32, st("hierarchical/landmarks_before"), g, loc,
+                                         rec, faults)
+    for k, v in rec.stages.items():
+        if k != "hierarchical/landmarks_before":
+            out[k] = v
+    out["final/landmarks"], out["final/params_global"], out["final/params_local"] = landmarks, g2, l2
 
 
 def _pass_stages(case, k, scale, ws, clnf: CLNF, p, gray_f32, prev_g, prev_l, faults, out):

@@ -550,6 +550,6 @@ def plot_convergence(view: CaseView, rows: list[dict]) -> tuple[bytes | None, st
     ax.set_xlabel("iteration within pass / phase", fontsize=7)
     ax.set_ylabel("shape-change norm (px)", fontsize=7)
     ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, loc="upper right", framealpha=0.7)
+    ax.legend(fontsize=7, loc="lower left", framealpha=0.7)
     _log_ticks(ax)
     return _png(fig), None

@@ -17,7 +17,9 @@ JSON read (per case)::
 
 Per-landmark lists hold ``null`` for invisible landmarks (map stages) and are
 present only for the stages the comparator wrote them for; what is missing
-stays empty in the tables.
+stays empty in the tables. Visibility is read off the golden peaks (null =
+invisible) unless the case carries ``"visibilities": {"<pass>": [0/1, ...]}``;
+patch confidence is filled only from ``"patch_confidence": {"<pass>": [...]}``.
 """
 from __future__ import annotations
 
