@@ -10,9 +10,13 @@ False, so call sites that would have to build a value only for the trace
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .errors import InputError
+from .golden import stage_meaning, write_case
 
 
 def pass_key(pass_index: int, name: str) -> str:
@@ -83,3 +87,56 @@ class NullRecorder:
 
 
 NULL_RECORDER = NullRecorder()
+
+
+class TraceWriter(Recorder):
+    """The recorder for other CLNF ports: call it at each stage, then save a golden-format case.
+
+    Keys are checked against the golden vocabulary (``../shared/golden/FORMAT.md``)
+    as they are recorded, so a typo fails at once instead of silently leaving a
+    stage uncompared. A port records what it has; stages it does not record are
+    reported as missing by ``clnfdiag compare``, never as wrong — except
+    ``final/landmarks``, which every trace needs.
+
+    Examples
+    --------
+    >>> from clnfdiag.trace import TraceWriter
+    >>> rec = TraceWriter("astronaut_default", "astronaut.png", bbox=(180.8, 85.7, 89.2, 86.8),
+    ...                   producer="myport 0.3")
+    >>> rec.record("pass0/response", my_maps)                  # (68, 11, 11)
+    >>> rec.record(iter_key(0, "rigid", 0, "mean_shifts"), ms)  # (68, 2)
+    >>> rec.record("final/landmarks", landmarks)                # (68, 2)
+    >>> rec.save("traces/")            # then: clnfdiag compare golden/ --candidate traces/
+
+    Parameters
+    ----------
+    case_id : str
+        The golden case this trace answers (matched by id with ``--candidate``).
+    image : path or (H, W[, 3]) uint8 array
+        The input picture.
+    bbox : (x, y, w, h)
+    preset : str
+    parameters : dict, optional
+        The ``parameters`` block of the manifest (what the port ran with).
+    producer : str
+        Name and version of the implementation.
+    """
+
+    def __init__(self, case_id: str, image, bbox, preset: str = "default",
+                 parameters: dict | None = None, producer: str = "unknown CLNF port"):
+        super().__init__()
+        self.case_id, self.image, self.bbox = case_id, image, tuple(float(v) for v in bbox)
+        self.preset, self.parameters, self.producer = preset, dict(parameters or {}), producer
+
+    def record(self, key: str, value: Any, dtype: Any = None) -> None:
+        if stage_meaning(self.prefix + key) is None:
+            raise InputError(f"{self.prefix + key!r} is not a stage key of the golden format "
+                             "(see FORMAT.md)")
+        super().record(key, value, dtype)
+
+    def save(self, out_dir, result: dict | None = None) -> Path:
+        """Write ``out_dir/<case_id>/`` (manifest.json, image.png, stages.npz)."""
+        if "final/landmarks" not in self.stages:
+            raise InputError("a trace needs final/landmarks before it can be saved")
+        return write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
+                          self.parameters, self.stages, result or {}, self.producer)

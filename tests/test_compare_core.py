@@ -502,7 +502,8 @@ def test_cli_unmodified_copy_exits_0(tmp_path, golden, stages):
     assert res.stdout.splitlines()[0].startswith("PASS")
     data = json.loads((tmp_path / "out.json").read_text())
     (case,) = data["cases"]
-    assert case["verdict"] == "pass" and case["mode"] == "isolated"
+    # A candidate trace is judged with the propagated table unless --mode says otherwise.
+    assert case["verdict"] == "pass" and case["mode"] == "propagated"
     assert all(s["within_tolerance"] for s in case["stages"])
     assert data["summary"]["exit_code"] == 0 and data["errors"] == []
 
@@ -526,7 +527,7 @@ def test_cli_gate_landmarks_and_pyproject_tolerances(tmp_path, golden, stages, m
     assert _invoke([CASE, "--candidate", cand, "--gate", "landmarks"]).exit_code == 0
     monkeypatch.chdir(tmp_path)
     (tmp_path / "pyproject.toml").write_text("[tool.clnfdiag.tolerances]\nresponse = { rtol = 100.0 }\n")
-    assert _invoke([CASE, "--candidate", cand]).exit_code == 0
+    assert _invoke([CASE, "--candidate", cand, "--mode", "isolated"]).exit_code == 0
     (tmp_path / "pyproject.toml").write_text("[tool.clnfdiag.tolerances]\nresponze = { rtol = 100.0 }\n")
     res = _invoke([CASE, "--candidate", cand])
     assert res.exit_code == 2 and "pyproject.toml" in res.stderr and "responze" in res.stderr
@@ -596,7 +597,7 @@ def test_cli_report_gets_comparisons_goldens_and_kept_maps(tmp_path, golden, sta
     (cmp,) = calls["comparisons"]
     assert isinstance(cmp, CaseComparison) and calls["out_dir"] == tmp_path / "rep"
     assert set(calls["golden_cases"]) == {"astronaut_default"}
-    kept = calls["candidate_maps"][("astronaut_default", "isolated")]
+    kept = calls["candidate_maps"][("astronaut_default", "propagated")]
     assert {"final/landmarks", "pass0/response", "pass0/rigid/iter00/dxs"} <= set(kept)
     assert "pass0/rigid/iter01/dxs" not in kept
 

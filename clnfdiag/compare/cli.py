@@ -44,7 +44,10 @@ def _error_line(err: ClnfdiagError) -> str:
                    "matched to the golden cases by case id. No fitting then.")
 @click.option("--mode", type=click.Choice(["isolated", "propagated", "both"]), default=None,
               help="isolated: every stage from the golden's own inputs; propagated: end-to-end fit. "
-                   "[default: both when fitting, isolated with --candidate]")
+                   "With --candidate the mode picks the tolerance table: a port's end-to-end trace "
+                   "feeds each stage from its own earlier ones, so propagated is the default there; "
+                   "use isolated for a trace whose stages were computed from the golden's inputs. "
+                   "[default: both when fitting, propagated with --candidate]")
 @click.option("--tolerances", "tolerances_file", type=click.Path(path_type=Path), default=None,
               help="TOML file of per-stage-kind tolerances [default: [tool.clnfdiag.tolerances] "
                    "of ./pyproject.toml, else the shipped defaults].")
@@ -121,7 +124,7 @@ def _source(golden_paths, candidate, inject) -> str:
 
 def _modes(mode: str | None, have_candidate: bool) -> tuple[str, ...]:
     if mode is None:
-        return ("isolated",) if have_candidate else ("isolated", "propagated")
+        return ("propagated",) if have_candidate else ("isolated", "propagated")
     return ("isolated", "propagated") if mode == "both" else (mode,)
 
 
