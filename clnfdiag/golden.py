@@ -12,7 +12,6 @@ whose one-line message names the file and, where it applies, the key.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import cv2
 import numpy as np
 
 from .errors import GoldenError
+from .models.locate import sha256_file
 
 FORMAT = "clnfdiag-golden/1"
 MANIFEST = "manifest.json"
@@ -332,14 +332,6 @@ class GoldenCase:
         return sorted(found)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _load_manifest(case_dir: Path) -> dict:
     path = case_dir / MANIFEST
     if not path.is_file():
@@ -405,7 +397,7 @@ def _check_image(case_dir: Path, manifest: dict) -> Path:
     if not image_path.is_file():
         raise GoldenError("missing", image_path)
     expected = manifest["image"]["sha256"].lower()
-    found = _sha256(image_path)
+    found = sha256_file(image_path)
     if found != expected:
         raise GoldenError(f"SHA-256 mismatch: expected {expected}, found {found}", image_path)
     return image_path
@@ -542,7 +534,8 @@ def find_cases(paths: str | os.PathLike | list[str | os.PathLike]) -> list[Path]
 
 # --------------------------------------------------------------------------- writing
 
-def _json_default(obj: Any) -> Any:
+def json_default(obj: Any) -> Any:
+    """``json.dump`` fallback for numpy scalars and arrays and paths."""
     # numpy scalars/arrays reach the manifest through parameters and result.
     if isinstance(obj, np.generic):
         return obj.item()
@@ -681,7 +674,7 @@ def write_case(
         "producer": producer,
         "image": {
             "file": IMAGE,
-            "sha256": _sha256(image_path),
+            "sha256": sha256_file(image_path),
             "width": int(pixels.shape[1]),
             "height": int(pixels.shape[0]),
             "source": source,
@@ -701,6 +694,6 @@ def write_case(
         },
     }
     tmp = case_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=_json_default) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(manifest, indent=1, default=json_default) + "\n", encoding="utf-8")
     os.replace(tmp, case_dir / MANIFEST)
     return case_dir

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..golden import json_default
 
 #: Face regions of the 68-point iBUG scheme: name -> landmark range (inclusive start, exclusive end).
 REGIONS: dict[str, tuple[int, int]] = {
@@ -121,16 +122,6 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 # --------------------------------------------------------------------------- normalising input
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
-
-
 def _case_json(item: Any) -> dict:
     """One comparison as its JSON dict (objects through ``to_json``, with every per-landmark list)."""
     if isinstance(item, dict):
@@ -143,7 +134,7 @@ def _case_json(item: Any) -> dict:
     except TypeError:
         data = to_json()  # CaseFailure and other results without per-landmark data
     # Round-trip through JSON so that the report sees exactly what a saved summary.json holds.
-    return json.loads(json.dumps(data, default=_json_default))
+    return json.loads(json.dumps(data, default=json_default))
 
 
 def _summary_of(cases: list[dict]) -> dict:
@@ -165,7 +156,7 @@ def _object_summary(items: Any) -> dict | None:
         return None
     try:
         from ..compare.struct import Summary
-        return json.loads(json.dumps(Summary.from_results(items).to_json(), default=_json_default))
+        return json.loads(json.dumps(Summary.from_results(items).to_json(), default=json_default))
     except Exception:  # noqa: BLE001  (older comparator: count here instead)
         return None
 
@@ -241,7 +232,7 @@ def load_summary(path: str | Path) -> dict:
 
 def dump_json(data: dict, path: Path) -> None:
     """Write ``data`` as strict JSON (NaN/inf as null)."""
-    text = json.dumps(_finite(data), indent=1, default=_json_default, allow_nan=False)
+    text = json.dumps(_finite(data), indent=1, default=json_default, allow_nan=False)
     path.write_text(text + "\n", encoding="utf-8")
 
 
