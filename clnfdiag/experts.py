@@ -17,13 +17,31 @@ their neuron weights in one batched GEMM; Sigma matrices are built once per
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from threadpoolctl import ThreadpoolController
 
 from .faults import NO_FAULTS
 from .models import CCNFScale
+
+@lru_cache(maxsize=1)
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def _single_thread_blas():
+    """Pin every loaded BLAS (numpy's and OpenCV's own OpenBLAS) to one thread.
+
+    OpenCV hands a Cholesky of 100 x 100 or more (the Sigma of windows 11, 13
+    and 15) to LAPACK, whose threaded blocking changes the last bits of the
+    inverse with the number of cores; the fit then amplifies them. One thread
+    gives the same Sigma on every machine (and is how the C++ reference ran).
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
+
 
 #: Neurons with alpha at or below this are skipped by OpenFace.
 ALPHA_EPS = 1e-4
@@ -105,6 +123,27 @@ class ExpertBank:
             self.confidence[row] = e.patch_confidence
         self._sigmas: dict[int, np.ndarray] = {}
         self._scale = scale
+        #: ``weights`` transposed to ``(v, 1 + hw, k)`` for the batched GEMM (a view).
+        self.weights_t = self.weights.transpose(0, 2, 1)
+        self._buffers: dict[tuple[type, int], np.ndarray] = {}
+
+    def buffer(self, dtype: type, n_windows: int) -> np.ndarray:
+        """A reusable im2col buffer ``(v, n_windows, 1 + hw)`` per dtype and window count."""
+        key = (dtype, n_windows)
+        buf = self._buffers.get(key)
+        if buf is None:
+            buf = self._buffers[key] = np.empty(
+                (len(self.landmarks), n_windows, 1 + self.height * self.width), dtype)
+        return buf
+
+    def sigma64(self, window: int) -> np.ndarray:
+        """:meth:`sigma` widened to float64 (exactly), cached for the double-accumulated product."""
+        key = -window
+        cached = self._sigmas.get(key)
+        if cached is None:
+            cached = self._sigmas[key] = self.sigma(window).astype(np.float64)
+            cached.flags.writeable = False
+        return cached
 
     def sigma(self, window: int) -> np.ndarray:
         """Sigma matrices ``(v, w², w²)`` float32 for a response window, cached.
@@ -126,14 +165,15 @@ class ExpertBank:
             for b in range(comps.shape[0]):
                 q2 = q2 + np.float32(self.betas[row, b]) * comps[b]
             inv_sigma = np.float32(2) * (self.sum_alpha[row] * eye + q2)
-            ok, out[row] = cv2.invert(inv_sigma, flags=cv2.DECOMP_CHOLESKY)
+            with _single_thread_blas():
+                ok, out[row] = cv2.invert(inv_sigma, flags=cv2.DECOMP_CHOLESKY)
         out.flags.writeable = False
         self._sigmas[window] = out
         return out
 
 
 def im2col_normalised(areas: np.ndarray, height: int, width: int,
-                      dtype: type = np.float32) -> np.ndarray:
+                      dtype: type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
     """Contrast-normalised windows of every area, with a leading 1 for the bias.
 
     Parameters
@@ -142,6 +182,8 @@ def im2col_normalised(areas: np.ndarray, height: int, width: int,
         Areas of interest, ``A = window + support - 1``.
     height, width : int
         Expert support (11 x 11).
+    out : (v, w·w, 1 + height·width) array of ``dtype``, optional
+        Buffer to fill (reused across calls by :func:`raw_response`).
 
     Returns
     -------
@@ -152,16 +194,22 @@ def im2col_normalised(areas: np.ndarray, height: int, width: int,
     """
     v, a_h, a_w = areas.shape
     rh, rw = a_h - height + 1, a_w - width + 1
+    hw = height * width
+    if out is None or out.shape != (v, rh * rw, 1 + hw) or out.dtype != dtype:
+        out = np.empty((v, rh * rw, 1 + hw), dtype)
     win = sliding_window_view(areas.astype(dtype, copy=False), (height, width), axis=(1, 2))
-    # (v, rh, rw, height, width) -> column-major flattening of each window
-    cols = win.transpose(0, 1, 2, 4, 3).reshape(v, rh * rw, height * width)
-    mean = cols.sum(axis=2, dtype=dtype, keepdims=True) / dtype(height * width)
-    centred = cols - mean
-    norm = np.sqrt(np.einsum("vbk,vbk->vb", centred, centred, dtype=dtype))[..., None]
-    norm[norm == 0] = 1
-    out = np.empty((v, rh * rw, 1 + height * width), dtype)
+    # The windows are copied straight into the output (column-major flattening
+    # of each window) and normalised in place: the same float operations, in
+    # the same order, as on a separate contiguous copy (each row's 121 values
+    # stay contiguous, so the pairwise sums and the einsum dot are unchanged).
     out[..., 0] = 1
-    np.multiply(centred, (1.0 / norm.astype(np.float64)).astype(dtype), out=out[..., 1:])
+    body = out[..., 1:]
+    np.copyto(body.reshape(v, rh, rw, width, height), win.transpose(0, 1, 2, 4, 3))
+    mean = body.sum(axis=2, dtype=dtype, keepdims=True) / dtype(hw)
+    np.subtract(body, mean, out=body)
+    norm = np.sqrt(np.einsum("vbk,vbk->vb", body, body, dtype=dtype))[..., None]
+    norm[norm == 0] = 1
+    np.multiply(body, (1.0 / norm.astype(np.float64)).astype(dtype), out=body)
     return out
 
 
@@ -181,19 +229,30 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
     v, a_h, a_w = areas.shape
     rh, rw = a_h - bank.height + 1, a_w - bank.width + 1
     dtype = np.float64 if "float64" in faults else np.float32
-    cols = im2col_normalised(areas, bank.height, bank.width, dtype)
-    weights = bank.weights.astype(dtype, copy=False)
-    # One batched GEMM: (v, w², 1+hw) @ (v, 1+hw, k) -> (v, w², k)
-    act = np.matmul(cols, weights.transpose(0, 2, 1))
+    cols = im2col_normalised(areas, bank.height, bank.width, dtype, out=bank.buffer(dtype, rh * rw))
+    weights = bank.weights_t if dtype is np.float32 else bank.weights.astype(dtype).transpose(0, 2, 1)
+    # One batched GEMM: (v, w², 1+hw) @ (v, 1+hw, k) -> (v, w², k). Accumulated in
+    # double and rounded once, which is closer to OpenFace's sgemm than a float32
+    # GEMM (worst raw error 3.1e-6 of the peak instead of 5.7e-6). Each product is
+    # below OpenBLAS's threading threshold, so its order never depends on threads.
+    act = np.matmul(cols.astype(np.float64), weights.astype(np.float64)).astype(dtype)
     two_alpha = bank.two_alpha
     if "sigmoid-no-double-alpha" in faults:
         two_alpha = two_alpha / 2.0
     # exp of the float activation, then the term in double, added to the float map
     # neuron by neuron: OpenFace's arithmetic (float32 vs float64 exp measured equal here).
-    terms = two_alpha[:, None, :] / (1.0 + np.exp(-act).astype(np.float64))
+    # Neuron-major layout so that each neuron's terms are contiguous; the
+    # accumulator is float64 holding float32 values (add in double, round to
+    # float32, widen back exactly): the same as ``(acc + term).astype(float32)``.
+    e = np.exp(-act.transpose(2, 0, 1))
+    terms = np.add(e, 1.0, dtype=np.float64)
+    np.divide(two_alpha.T[:, :, None], terms, out=terms)
     acc = np.zeros((v, rh * rw), dtype)
-    for j in range(terms.shape[2]):
-        acc = (acc + terms[:, :, j]).astype(dtype)
+    acc64 = np.zeros((v, rh * rw), np.float64)
+    for term in terms:
+        np.add(acc64, term, out=acc64)
+        acc[...] = acc64
+        acc64[...] = acc
     return acc.reshape(v, rh, rw)
 
 
@@ -218,7 +277,12 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
     # row-major, i.e. the post-Sigma map comes out transposed (Sigma itself is
     # symmetric, and so are its components under x<->y, so only the layout slip shows).
     vec = raw.transpose(0, 2, 1) if "transpose-sigma" in faults else raw
-    return np.matmul(sig, vec.reshape(v, h * w, 1)).reshape(v, h, w)
+    # Double accumulation, one rounding. Not BLAS: OpenBLAS splits a matrix-vector
+    # product of this size across threads, which changes the summation order and so,
+    # now and then, the float32 result; einsum's loop is the same on every machine.
+    sig64 = bank.sigma64(h) if raw.dtype == np.float32 else sig
+    out = np.einsum("vij,vj->vi", sig64, vec.reshape(v, h * w).astype(np.float64))
+    return out.reshape(v, h, w).astype(raw.dtype)
 
 
 def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:

@@ -471,7 +471,8 @@ class Fitter:
                          out["success"], tuple(box), p, out["phases"], dict(rec.stages), used)
 
     def refine(self, gray_f32: np.ndarray, landmarks: np.ndarray, g: np.ndarray, loc: np.ndarray,
-               rec=NULL_RECORDER, faults: frozenset[str] = NO_FAULTS):
+               rec=NULL_RECORDER, faults: frozenset[str] = NO_FAULTS,
+               overrides: dict[str, np.ndarray] | None = None):
         """Hierarchical refinement with the part models (the end of OpenFace's ``DetectLandmarks``).
 
         Each part's points are taken from the main landmarks, its PDM is fitted
@@ -486,6 +487,9 @@ class Fitter:
             Main-model landmarks after the main fit.
         g, loc : (6,), (m,) float32
             Main-model parameters after the main fit.
+        overrides : dict, optional
+            ``hierarchical/<part>/landmarks`` (or that part's ``params_global`` /
+            ``params_local``) replacing a part's result, for impact analysis.
 
         Returns
         -------
@@ -504,7 +508,13 @@ class Fitter:
                 part_rec = rec.scoped(f"hierarchical/{part.name}/") if rec.enabled else rec
                 out = clnf.fit(gray_f32, pg, pl, part.parameters, part_rec, faults)
                 pg, pl = out["params_global"], out["params_local"]
+            pre = f"hierarchical/{part.name}/"
+            if overrides:
+                pg = np.asarray(overrides.get(pre + "params_global", pg), F32)
+                pl = np.asarray(overrides.get(pre + "params_local", pl), F32)
             part_out = clnf.pdm.calc_shape_2d(pl, pg)
+            if overrides and pre + "landmarks" in overrides:
+                part_out = np.asarray(overrides[pre + "landmarks"], F32)
             rec.record(f"hierarchical/{part.name}/landmarks", part_out, F32)
             rec.record(f"hierarchical/{part.name}/params_global", pg, F32)
             rec.record(f"hierarchical/{part.name}/params_local", pl, F32)
