@@ -20,12 +20,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import cv2
+import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from threadpoolctl import ThreadpoolController
 
 from .faults import NO_FAULTS
 from .models import CCNFScale
+from .optimiser import expf32
 
 @lru_cache(maxsize=1)
 def _blas_controller() -> ThreadpoolController:
@@ -42,6 +44,10 @@ def _single_thread_blas():
     """
     return _blas_controller().limit(limits=1, user_api="blas")
 
+
+# Compiled loops (numba, no fastmath: each ``np.float32(...)`` is one float32
+# rounding, as in the C++).
+_njit = numba.njit(cache=True, nogil=True)
 
 #: Neurons with alpha at or below this are skipped by OpenFace.
 ALPHA_EPS = 1e-4
@@ -116,14 +122,17 @@ class ExpertBank:
             keep = e.alphas > ALPHA_EPS
             self.two_alpha[row, :n] = np.where(keep, 2.0 * e.alphas, 0.0)
             acc = np.float32(0)
-            for a in e.alphas:  # sequential float accumulation, as OpenFace sums them
-                acc = np.float32(acc + np.float32(a))
+            # OpenFace adds each double alpha to a float running sum: the addition is in
+            # double, then rounded (rounding alpha first changes the last bit: with it,
+            # window 13's Sigma = (2 sum alpha)^-1 I matches the C++ on every landmark).
+            for a in e.alphas:
+                acc = np.float32(np.float64(acc) + np.float64(a))
             self.sum_alpha[row] = acc
             self.betas[row, :e.betas.size] = e.betas
             self.confidence[row] = e.patch_confidence
         self._sigmas: dict[int, np.ndarray] = {}
         self._scale = scale
-        #: ``weights`` transposed to ``(v, 1 + hw, k)`` for the batched GEMM (a view).
+        #: ``weights`` transposed to ``(v, 1 + hw, k)`` (a view).
         self.weights_t = self.weights.transpose(0, 2, 1)
         self._buffers: dict[tuple[type, int], np.ndarray] = {}
 
@@ -172,6 +181,46 @@ class ExpertBank:
         return out
 
 
+def _im2col_kmajor(areas: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Contrast-normalised windows, component-major: ``(1 + h·w, v, n_windows)`` float32.
+
+    Slab ``1 + xx·h + yy`` holds pixel ``(yy, xx)`` of every window (windows
+    row-major by top-left corner ``(y, x)``), slab 0 is the bias input 1.
+    OpenFace's float arithmetic, in its order, for every window at once: the
+    sum for the mean is a sequential float32 sum in row-major window order
+    (``yy`` outer, ``xx`` inner); ``mean = sum / (h·w)``; the squares are
+    summed sequentially in column-major (``xx·h + yy``) order, each product
+    rounded before the add (no FMA, measured against the goldens);
+    ``norm = sqrt(sum_sq)`` in float32 (0 -> 1), ``1.0 / norm`` in double
+    stored as float32, and each value multiplied by it in float32.
+    """
+    v, a_h, a_w = areas.shape
+    rh, rw = a_h - height + 1, a_w - width + 1
+    hw = height * width
+    a = areas.astype(np.float32, copy=False)
+    out = np.empty((1 + hw, v, rh, rw), np.float32)
+    out[0] = 1
+    acc = np.zeros((v, rh, rw), np.float32)
+    for yy in range(height):
+        for xx in range(width):
+            slab = out[1 + xx * height + yy]
+            np.copyto(slab, a[:, yy:yy + rh, xx:xx + rw])
+            np.add(acc, slab, out=acc)
+    mean = acc / np.float32(hw)
+    body = out[1:]
+    np.subtract(body, mean, out=body)
+    acc[...] = 0
+    sq = np.empty_like(acc)
+    for t in range(1, 1 + hw):
+        np.multiply(out[t], out[t], out=sq)
+        np.add(acc, sq, out=acc)
+    norm = np.sqrt(acc)
+    norm[norm == 0] = 1
+    inv = (1.0 / norm.astype(np.float64)).astype(np.float32)
+    np.multiply(body, inv, out=body)
+    return out.reshape(1 + hw, v, rh * rw)
+
+
 def im2col_normalised(areas: np.ndarray, height: int, width: int,
                       dtype: type = np.float32, out: np.ndarray | None = None) -> np.ndarray:
     """Contrast-normalised windows of every area, with a leading 1 for the bias.
@@ -183,25 +232,26 @@ def im2col_normalised(areas: np.ndarray, height: int, width: int,
     height, width : int
         Expert support (11 x 11).
     out : (v, w·w, 1 + height·width) array of ``dtype``, optional
-        Buffer to fill (reused across calls by :func:`raw_response`).
+        Buffer to fill.
 
     Returns
     -------
     (v, w·w, 1 + height·width) float32
         Row ``y·w + x``: the window whose top-left corner is ``(x, y)``,
         flattened column-major, mean-subtracted and scaled to unit L2 norm
-        (a zero norm is treated as 1).
+        (a zero norm is treated as 1). In float32 the arithmetic is
+        OpenFace's, bit for bit (see :func:`_im2col_kmajor`); in float64
+        (the ``float64`` fault) numpy's pairwise sums are used.
     """
     v, a_h, a_w = areas.shape
     rh, rw = a_h - height + 1, a_w - width + 1
     hw = height * width
     if out is None or out.shape != (v, rh * rw, 1 + hw) or out.dtype != dtype:
         out = np.empty((v, rh * rw, 1 + hw), dtype)
+    if dtype is np.float32:
+        np.copyto(out, _im2col_kmajor(areas, height, width).transpose(1, 2, 0))
+        return out
     win = sliding_window_view(areas.astype(dtype, copy=False), (height, width), axis=(1, 2))
-    # The windows are copied straight into the output (column-major flattening
-    # of each window) and normalised in place: the same float operations, in
-    # the same order, as on a separate contiguous copy (each row's 121 values
-    # stay contiguous, so the pairwise sums and the einsum dot are unchanged).
     out[..., 0] = 1
     body = out[..., 1:]
     np.copyto(body.reshape(v, rh, rw, width, height), win.transpose(0, 1, 2, 4, 3))
@@ -210,6 +260,42 @@ def im2col_normalised(areas: np.ndarray, height: int, width: int,
     norm = np.sqrt(np.einsum("vbk,vbk->vb", body, body, dtype=dtype))[..., None]
     norm[norm == 0] = 1
     np.multiply(body, (1.0 / norm.astype(np.float64)).astype(dtype), out=body)
+    return out
+
+
+@_njit
+def _fma_chains(cols, weights, out):  # pragma: no cover - compiled
+    k, v, nb = cols.shape
+    n = weights.shape[1]
+    acc = np.empty(nb, np.float64)
+    for i in range(v):
+        for j in range(n):
+            for b in range(nb):
+                acc[b] = 0.0
+            for t in range(k):
+                w = np.float64(weights[i, j, t])
+                for b in range(nb):
+                    # float32 a*b is exact in double: one rounding = one FMA.
+                    acc[b] = np.float64(np.float32(acc[b] + np.float64(cols[t, i, b]) * w))
+            for b in range(nb):
+                out[i, j, b] = np.float32(acc[b])
+
+
+def _fma_gemm(cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """OpenBLAS sgemm's sums: ``act[v, n, b] = Σ_k weights[v, n, k]·cols[k, v, b]``.
+
+    Every output is one float32 fused multiply-add chain over ``k = 0..K-1``
+    in order (the Haswell/Zen ``sgemm_kernel_16x4`` keeps one accumulator per
+    output and ``vfmadd231ps`` each k in turn; K = 122 is one K block). The FMA
+    is emulated exactly: the product of two float32 is exact in double, the
+    double sum is rounded once to float32 (equal to a true FMA except in
+    double-rounding ties, which are vanishingly rare).
+
+    cols : (K, v, nb) float32; weights : (v, n, K) float32. Returns (v, n, nb) float32.
+    """
+    k, v, nb = cols.shape
+    out = np.empty((v, weights.shape[1], nb), np.float32)
+    _fma_chains(np.ascontiguousarray(cols), np.ascontiguousarray(weights, np.float32), out)
     return out
 
 
@@ -228,31 +314,29 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
     """
     v, a_h, a_w = areas.shape
     rh, rw = a_h - bank.height + 1, a_w - bank.width + 1
-    dtype = np.float64 if "float64" in faults else np.float32
-    cols = im2col_normalised(areas, bank.height, bank.width, dtype, out=bank.buffer(dtype, rh * rw))
-    weights = bank.weights_t if dtype is np.float32 else bank.weights.astype(dtype).transpose(0, 2, 1)
-    # One batched GEMM: (v, w², 1+hw) @ (v, 1+hw, k) -> (v, w², k). Accumulated in
-    # double and rounded once, which is closer to OpenFace's sgemm than a float32
-    # GEMM (worst raw error 3.1e-6 of the peak instead of 5.7e-6). Each product is
-    # below OpenBLAS's threading threshold, so its order never depends on threads.
-    act = np.matmul(cols.astype(np.float64), weights.astype(np.float64)).astype(dtype)
     two_alpha = bank.two_alpha
     if "sigmoid-no-double-alpha" in faults:
         two_alpha = two_alpha / 2.0
-    # exp of the float activation, then the term in double, added to the float map
-    # neuron by neuron: OpenFace's arithmetic (float32 vs float64 exp measured equal here).
-    # Neuron-major layout so that each neuron's terms are contiguous; the
-    # accumulator is float64 holding float32 values (add in double, round to
-    # float32, widen back exactly): the same as ``(acc + term).astype(float32)``.
-    e = np.exp(-act.transpose(2, 0, 1))
+    if "float64" in faults:
+        dtype = np.float64
+        cols = im2col_normalised(areas, bank.height, bank.width, dtype, out=bank.buffer(dtype, rh * rw))
+        act = np.matmul(cols, bank.weights.astype(dtype).transpose(0, 2, 1)).transpose(2, 0, 1)
+        e = np.exp(-act)
+    else:
+        dtype = np.float32
+        # Bit-exact with OpenFace's ResponseOpenBlas (measured on the goldens; see
+        # bench/response_bits.py): im2col sums in its order, the sgemm as FMA
+        # chains, exp as glibc's expf on the float activation.
+        cols = _im2col_kmajor(areas, bank.height, bank.width)
+        act = _fma_gemm(cols, bank.weights).transpose(1, 0, 2)      # (n, v, nb)
+        e = expf32(np.negative(act)).astype(np.float64)
+    # The term in double, added to the float map neuron by neuron (neurons with
+    # alpha <= 1e-4 have two_alpha 0 and add nothing): float(map + term) each time.
     terms = np.add(e, 1.0, dtype=np.float64)
     np.divide(two_alpha.T[:, :, None], terms, out=terms)
     acc = np.zeros((v, rh * rw), dtype)
-    acc64 = np.zeros((v, rh * rw), np.float64)
     for term in terms:
-        np.add(acc64, term, out=acc64)
-        acc[...] = acc64
-        acc64[...] = acc
+        np.add(acc, term, out=acc, dtype=np.float64, casting="unsafe")
     return acc.reshape(v, rh, rw)
 
 

@@ -193,13 +193,22 @@ def extract_areas(gray_f32: np.ndarray, landmarks: np.ndarray, sim_ref_to_img: n
     b1 = F32(-sim_ref_to_img[0, 1])
     half = (F32(side) - F32(1.0)) / F32(2.0)
     flags = cv2.WARP_INVERSE_MAP | (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
-    out = np.zeros((len(indices), side, side), F32)
-    for row, i in enumerate(indices):
-        x, y = landmarks[i, 0], landmarks[i, 1]
-        m = np.array([[a1, -b1, x - a1 * half + b1 * half],
-                      [b1, a1, y - a1 * half - b1 * half]], dtype=F32)
-        cv2.warpAffine(gray_f32, m, (side, side), dst=out[row], flags=flags,
-                       borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    idx = np.asarray(indices, dtype=np.intp).reshape(-1)
+    out = np.zeros((idx.shape[0], side, side), F32)
+    # Every landmark's 2x3 matrix [[a1, -b1, x - a1 h + b1 h], [b1, a1, y - a1 h - b1 h]]
+    # at once (the same float32 operations, left to right), then one warp each.
+    lm = np.asarray(landmarks)[idx]
+    mats = np.empty((idx.shape[0], 2, 3), F32)
+    mats[:, 0, 0] = a1
+    mats[:, 0, 1] = -b1
+    mats[:, 0, 2] = lm[:, 0] - a1 * half + b1 * half
+    mats[:, 1, 0] = b1
+    mats[:, 1, 1] = a1
+    mats[:, 1, 2] = lm[:, 1] - a1 * half - b1 * half
+    warp, size = cv2.warpAffine, (side, side)
+    for row in range(idx.shape[0]):
+        warp(gray_f32, mats[row], size, dst=out[row], flags=flags,
+             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
 
 

@@ -9,8 +9,9 @@ operation where the rounding matters:
   (``cv::gemm``) multiply float inputs in double and round the result once, so
   those are done here in float64 and cast to float32.
 * Loops that accumulate into a ``float`` (KDE sums, the likelihood) are
-  sequential; they are reproduced with ``np.cumsum`` along the window axis,
-  which adds in order in float32 (``np.sum`` would add pairwise).
+  sequential; they are compiled loops (numba) adding in order in float32,
+  the same values as ``np.cumsum(..., dtype=float32)[:, -1]`` (``np.sum``
+  would add pairwise).
 * The KDE table uses the C library's single-precision ``expf`` (the C++
   calls ``exp`` on a float), see :func:`expf32`.
 * The right-hand side ``J^T W ms - R p`` is one OpenCV gemm expression: double
@@ -44,6 +45,7 @@ import ctypes.util
 import functools
 
 import cv2
+import numba
 import numpy as np
 
 __all__ = [
@@ -71,6 +73,94 @@ F64 = np.float64
 
 #: Grid step of OpenFace's precalculated KDE kernel (a C++ ``float`` 0.1).
 KDE_STEP = F32(0.1)
+
+
+# --------------------------------------------------------------------------- kernels
+# Compiled loops for the float32 accumulations whose operation order decides
+# the last bit (numba, no fastmath: every ``np.float32(...)`` below is one
+# IEEE rounding, as in the C++). A float32 sum or product computed in double
+# and rounded once is the float32 operation itself (double has more than
+# 2 x 24 + 2 bits), so the kernels widen explicitly where it keeps the code
+# readable. ``cache=True`` compiles once per machine (``__pycache__``).
+_njit = numba.njit(cache=True, nogil=True)
+
+
+@_njit
+def _fma_chain_nb(jw, j, reg, add_reg):
+    """float32 FMA chain ``acc[a, b] += jw[r, a] * j[r, b]`` over the rows r in
+    order (float32 x float32 is exact in double; one rounding per step), then
+    ``+ reg`` on the diagonal in float32."""
+    rows, k = j.shape
+    acc = np.zeros((k, k), dtype=np.float32)
+    acc64 = np.zeros(k, dtype=np.float64)
+    for a in range(k):
+        for b in range(k):
+            acc64[b] = 0.0
+        for r in range(rows):
+            x = np.float64(jw[r, a])
+            for b in range(k):
+                acc64[b] = np.float64(np.float32(acc64[b] + x * np.float64(j[r, b])))
+        for b in range(k):
+            acc[a, b] = np.float32(acc64[b])
+    if add_reg:
+        for a in range(k):
+            acc[a, a] = np.float32(np.float64(acc[a, a]) + np.float64(reg[a]))
+    return acc
+
+
+@_njit
+def _seq_sums_nb(v, cols, rows, out):
+    """Sequential float32 sums of ``v``, ``v * cols`` and ``v * rows`` along axis 1
+    (as ``np.cumsum(..., dtype=float32)[:, -1]``: the first term starts the sum)."""
+    m, ww = v.shape
+    for i in range(m):
+        t = v[i, 0]
+        sx = np.float32(v[i, 0] * cols[0])
+        sy = np.float32(v[i, 0] * rows[0])
+        for c in range(1, ww):
+            x = v[i, c]
+            t = np.float32(np.float64(t) + np.float64(x))
+            sx = np.float32(np.float64(sx) + np.float64(np.float32(x * cols[c])))
+            sy = np.float32(np.float64(sy) + np.float64(np.float32(x * rows[c])))
+        out[0, i] = t
+        out[1, i] = sx
+        out[2, i] = sy
+
+
+@_njit
+def _kde_sums_grid_nb(resp, idx, table, ix, iy, cols, rows, out):
+    """:func:`_seq_sums_nb` of ``v = resp[idx[i]] * table[ix[i], iy[i]]`` (float32
+    products), without materialising the kernels."""
+    m = idx.shape[0]
+    ww = cols.shape[0]
+    for i in range(m):
+        r = resp[idx[i]].reshape(ww)
+        kk = table[ix[i], iy[i]].reshape(ww)
+        x = np.float32(r[0] * kk[0])
+        t = x
+        sx = np.float32(x * cols[0])
+        sy = np.float32(x * rows[0])
+        for c in range(1, ww):
+            x = np.float32(r[c] * kk[c])
+            t = np.float32(np.float64(t) + np.float64(x))
+            sx = np.float32(np.float64(sx) + np.float64(np.float32(x * cols[c])))
+            sy = np.float32(np.float64(sy) + np.float64(np.float32(x * rows[c])))
+        out[0, i] = t
+        out[1, i] = sx
+        out[2, i] = sy
+
+
+@_njit
+def _seq_rowsum_nb(v):
+    """Sequential float32 sum of each row (``np.cumsum(v, 1, float32)[:, -1]``)."""
+    m, ww = v.shape
+    out = np.empty(m, dtype=np.float32)
+    for i in range(m):
+        t = v[i, 0]
+        for c in range(1, ww):
+            t = np.float32(np.float64(t) + np.float64(v[i, c]))
+        out[i] = t
+    return out
 
 
 # --------------------------------------------------------------------------- helpers
@@ -284,16 +374,27 @@ def _grid_index(d: np.ndarray) -> np.ndarray:
     return np.floor(q + 0.5).astype(np.intp)
 
 
+_CELL_INDEX_CACHE: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _cell_index(w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(jj, ii) float32 of every cell of a w x w window in row-major order."""
+    got = _CELL_INDEX_CACHE.get(w)
+    if got is None:
+        cols = np.tile(np.arange(w, dtype=F32), w)       # jj for every cell (x)
+        rows = np.repeat(np.arange(w, dtype=F32), w)     # ii for every cell (y)
+        got = _CELL_INDEX_CACHE[w] = (cols, rows)
+    return got
+
+
 def _weighted_sums(resp: np.ndarray, kern: np.ndarray, w: int):
     """Sequential float32 sums of ``v = resp * kern``, ``v * jj`` and ``v * ii``
     over the window in row-major order. resp, kern: (m, w*w) float32."""
-    v = resp * kern
-    cols = np.tile(np.arange(w, dtype=F32), w)       # jj for every cell (x)
-    rows = np.repeat(np.arange(w, dtype=F32), w)     # ii for every cell (y)
-    total = np.cumsum(v, axis=1, dtype=F32)[:, -1]
-    mx = np.cumsum(v * cols, axis=1, dtype=F32)[:, -1]
-    my = np.cumsum(v * rows, axis=1, dtype=F32)[:, -1]
-    return total, mx, my
+    v = np.ascontiguousarray(resp * kern)
+    cols, rows = _cell_index(w)
+    out = np.empty((3, v.shape[0]), dtype=F32)
+    _seq_sums_nb(v, cols, rows, out)
+    return out[0], out[1], out[2]
 
 
 def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.ndarray:
@@ -335,13 +436,17 @@ def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.nda
         return out
     dx = _clamp_to_window(np.asarray(dxs, dtype=F32)[vis], w)
     dy = _clamp_to_window(np.asarray(dys, dtype=F32)[vis], w)
+    m = dx.shape[0]
     if grid:
         table = kde_kernel_table(sigma, w)
-        kern = table[_grid_index(dx), _grid_index(dy)]
+        cols, rows = _cell_index(w)
+        sums = np.empty((3, m), dtype=F32)
+        _kde_sums_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), table,
+                          _grid_index(dx), _grid_index(dy), cols, rows, sums)
+        total, mx, my = sums
     else:
         kern = _kernel_values(dx, dy, kde_exponent(sigma), w)
-    m = dx.shape[0]
-    total, mx, my = _weighted_sums(resp[vis].reshape(m, w * w), kern.reshape(m, w * w), w)
+        total, mx, my = _weighted_sums(resp[vis].reshape(m, w * w), kern.reshape(m, w * w), w)
     with np.errstate(divide="ignore", invalid="ignore"):
         out[vis, 0] = mx / total - dx
         out[vis, 1] = my / total - dy
@@ -446,28 +551,16 @@ def hessian_sgemm(jw: np.ndarray, j: np.ndarray, reg_diag: np.ndarray | None = N
     -------
     (k, k) float32
     """
-    jw64 = np.asarray(jw, dtype=F32).astype(F64)
-    j64 = np.asarray(j, dtype=F32).astype(F64)
-    k = j64.shape[1]
+    jw = np.ascontiguousarray(jw, dtype=F32)
+    j = np.ascontiguousarray(j, dtype=F32)
+    k = j.shape[1]
     # float32 x float32 products are exact in float64; adding one to the
     # float32 accumulator in float64 and rounding the sum to float32 is a
-    # float32 FMA (the ufunc computes in float64 and casts on output).
-    prods = jw64[:, :, None] * j64[:, None, :]
-    # The accumulator is kept in float64 holding float32 values: each step adds
-    # in double, rounds to float32 (copy into ``acc``) and widens back
-    # exactly (copy into ``acc64``). Same arithmetic as a float32 ``out=`` with
-    # unsafe casting, but without the ufunc's mixed-type buffering (25 % faster).
-    acc = np.zeros((k, k), dtype=F32)
-    acc64 = np.zeros((k, k), dtype=F64)
-    add = np.add
-    for row in prods:                                # sequential over the 2n rows
-        add(acc64, row, out=acc64)
-        acc[...] = acc64
-        acc64[...] = acc
-    if reg_diag is not None:
-        idx = np.arange(k)
-        acc[idx, idx] += np.asarray(reg_diag, dtype=F32)
-    return acc
+    # float32 FMA. Compiled (:func:`_fma_chain_nb`): one accumulator per
+    # output element, rows in order.
+    if reg_diag is None:
+        return _fma_chain_nb(jw, j, np.zeros(k, dtype=F32), False)
+    return _fma_chain_nb(jw, j, np.ascontiguousarray(reg_diag, dtype=F32).reshape(k), True)
 
 
 def cholesky_solve_opencv(a, b):
@@ -671,7 +764,7 @@ def landmark_likelihoods(responses, dxs, dys, visible, sigma) -> np.ndarray:
     kern = np.exp(F64(-0.5) * d2 / F64(s * s))
     m = dx.shape[0]
     v = (resp[vis].astype(F64) * kern).astype(F32).reshape(m, w * w)
-    out[vis] = np.cumsum(v, axis=1, dtype=F32)[:, -1]
+    out[vis] = _seq_rowsum_nb(np.ascontiguousarray(v))   # sequential float32 sum
     return out
 
 
@@ -812,7 +905,8 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
     last_norm = None
     for it in range(n_iterations):
         tag = f"iter{it:02d}/"
-        shape = pdm.calc_shape_2d(loc, g)
+        # The shape and the Jacobian (rigid or full) from one 3D shape and rotation.
+        shape, jac = pdm.shape_and_jacobian(loc, g, rigid)
         if ov:
             shape = np.asarray(ov.get(tag + "shape", shape), F32)
         rec.record(tag + "shape", shape, F32)
@@ -822,7 +916,6 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
             if last_norm < SHAPE_CHANGE_TOL:
                 break
         previous = shape
-        jac = pdm.rigid_jacobian(loc, g) if rigid else pdm.jacobian(loc, g)
         dxs, dys = window_offsets(shape, base_shape, sim_img_to_ref, window)
         if ov:
             dxs = np.asarray(ov.get(tag + "dxs", dxs), F32)

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import cv2
+import numba
 import numpy as np
 
 from .models.pdm_file import PDMData, read_pdm
@@ -29,6 +32,81 @@ F32 = np.float32
 
 #: Number of standard deviations each non-rigid parameter may reach (``PDM::Clamp``).
 N_SIGMAS = 3.0
+
+# Elementwise float32 arithmetic of the projection, the Jacobians and the
+# parameter update, compiled (numba, no fastmath: the same IEEE float32
+# operations, in the same order, as the numpy expressions they replace, each
+# written out next to the kernel). Rotations come from :mod:`.rotation`.
+_njit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_njit
+def _project_nb(xyz, rot, g):
+    """(n, 2) float32: ``s * (R[k, 0] X + R[k, 1] Y + R[k, 2] Z) + t_k``, summed left to right."""
+    n = xyz.shape[1]
+    s = g[0]
+    out = np.empty((n, 2), dtype=np.float32)
+    for k in range(2):
+        r1, r2, r3 = rot[k, 0], rot[k, 1], rot[k, 2]
+        t = g[4 + k]
+        for i in range(n):
+            out[i, k] = s * (r1 * xyz[0, i] + r2 * xyz[1, i] + r3 * xyz[2, i]) + t
+    return out
+
+
+@_njit
+def _jacobian_nb(xyz, rot, s, pc, with_modes):
+    """(2n, 6 [+ m]) float32 Jacobian, rows x0..x(n-1), y0..y(n-1).
+
+    Rigid columns per row ``r = R[k]``: ``X r1 + Y r2 + Z r3``, ``s (Y r3 - Z r2)``,
+    ``-s (X r3 - Z r1)``, ``s (X r2 - Y r1)``, then the translation 1/0;
+    non-rigid ``s (r1 Vx + r2 Vy + r3 Vz)``.
+    """
+    n = xyz.shape[1]
+    m = pc.shape[2] if with_modes else 0
+    out = np.empty((2 * n, 6 + m), dtype=np.float32)
+    one, zero = np.float32(1), np.float32(0)
+    ms = -s
+    for k in range(2):
+        r1, r2, r3 = rot[k, 0], rot[k, 1], rot[k, 2]
+        for i in range(n):
+            x, y, z = xyz[0, i], xyz[1, i], xyz[2, i]
+            row = k * n + i
+            out[row, 0] = x * r1 + y * r2 + z * r3
+            out[row, 1] = s * (y * r3 - z * r2)
+            out[row, 2] = ms * (x * r3 - z * r1)
+            out[row, 3] = s * (x * r2 - y * r1)
+            out[row, 4] = one if k == 0 else zero
+            out[row, 5] = zero if k == 0 else one
+            for j in range(m):
+                out[row, 6 + j] = s * (r1 * pc[0, i, j] + r2 * pc[1, i, j] + r3 * pc[2, i, j])
+    return out
+
+
+@_njit
+def _update_start_nb(dp, g):
+    """New global parameters with scale and translation added (float32), and the
+    small-rotation matrix ``[[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]]``."""
+    g2 = g.copy()
+    g2[0] = g[0] + dp[0]
+    g2[4] = g[4] + dp[4]
+    g2[5] = g[5] + dp[5]
+    wx, wy, wz = dp[1], dp[2], dp[3]
+    small = np.empty((3, 3), dtype=np.float32)
+    small[0, 0], small[0, 1], small[0, 2] = 1, -wz, wy
+    small[1, 0], small[1, 1], small[1, 2] = wz, 1, -wx
+    small[2, 0], small[2, 1], small[2, 2] = -wy, wx, 1
+    return g2, small
+
+
+@_njit
+def _matmul33_nb(a, b):
+    """3x3 float32 product summed in float32 in the order k = 0, 1, 2."""
+    out = np.empty((3, 3), dtype=np.float32)
+    for i in range(3):
+        for j in range(3):
+            out[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return out
 
 
 def _as_f32(a, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -120,7 +198,24 @@ class PDM:
         (n, 2) float32
         """
         g = _as_f32(params_global, (6,))
-        return _project(self._shape_3d_xyz(params_local), g).T.copy()
+        return _project_nb(self._shape_3d_xyz(params_local), euler_to_rotation_matrix(g[1:4]), g)
+
+    def shape_and_jacobian(self, params_local, params_global,
+                           rigid: bool) -> tuple[np.ndarray, np.ndarray]:
+        """``(calc_shape_2d, rigid_jacobian or jacobian)`` of the same parameters,
+        sharing the 3D shape and the rotation matrix (the values are those of
+        the separate calls).
+
+        Returns
+        -------
+        shape : (n, 2) float32
+        jacobian : (2n, 6) or (2n, 6 + m) float32
+        """
+        g = _as_f32(params_global, (6,))
+        xyz = self._shape_3d_xyz(params_local)
+        rot = euler_to_rotation_matrix(g[1:4])
+        return (_project_nb(xyz, rot, g),
+                _jacobian_nb(xyz, rot, g[0], self._pc_xyz, not rigid))
 
     def calc_bounding_box(self, params_global, params_local=None) -> np.ndarray:
         """Extent of the projected shape (``PDM::CalcBoundingBox``).
@@ -300,34 +395,15 @@ class PDM:
             Rows ``x0..x(n-1), y0..y(n-1)``; unweighted.
         """
         g = _as_f32(params_global, (6,))
-        rigid = self._rigid_block(self._shape_3d_xyz(params_local), g)
         rot = euler_to_rotation_matrix(g[1:4])
-        s = g[0]
-        vx, vy, vz = self._pc_xyz
-        nonrigid = np.concatenate([
-            s * (rot[0, 0] * vx + rot[0, 1] * vy + rot[0, 2] * vz),
-            s * (rot[1, 0] * vx + rot[1, 1] * vy + rot[1, 2] * vz),
-        ])
-        return np.concatenate([rigid, nonrigid], axis=1)
+        # Non-rigid columns: s * (R[k, 0] Vx + R[k, 1] Vy + R[k, 2] Vz), k = 0 (x rows), 1 (y rows).
+        return _jacobian_nb(self._shape_3d_xyz(params_local), rot, g[0], self._pc_xyz, True)
 
-    @staticmethod
-    def _rigid_block(xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
+    def _rigid_block(self, xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
+        """(2n, 6) rigid columns: for each row ``r`` of R (x rows, then y rows)
+        ``[X r1 + Y r2 + Z r3, s (Y r3 - Z r2), -s (X r3 - Z r1), s (X r2 - Y r1), t_x, t_y]``."""
         rot = euler_to_rotation_matrix(g[1:4])
-        s = g[0]
-        x, y, z = xyz
-        n = x.shape[0]
-        one, zero = np.ones(n, dtype=F32), np.zeros(n, dtype=F32)
-        cols = []
-        for row, (t_x, t_y) in ((rot[0], (one, zero)), (rot[1], (zero, one))):
-            r1, r2, r3 = row
-            cols.append(np.stack([
-                x * r1 + y * r2 + z * r3,
-                s * (y * r3 - z * r2),
-                -s * (x * r3 - z * r1),
-                s * (x * r2 - y * r1),
-                t_x, t_y,
-            ], axis=1))
-        return np.concatenate(cols).astype(F32, copy=False)
+        return _jacobian_nb(xyz, rot, g[0], self._pc_xyz, False)
 
     # ---------------------------------------------------------------- update
     def update_parameters(self, delta_p, params_local,
@@ -353,17 +429,18 @@ class PDM:
             New array; Euler angles are zeroed if the conversion gave NaN (OpenFace's
             guard for degenerate rotations).
         """
-        dp = _as_f32(delta_p).reshape(-1)
-        g = _as_f32(params_global, (6,)).copy()
-        loc = _as_f32(params_local, (self.n_modes,)).copy()
-        g[[0, 4, 5]] += dp[[0, 4, 5]]
-        wx, wy, wz = dp[1:4]
-        small = np.array([[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]], dtype=F32)
-        composed = _matmul33_f32(euler_to_rotation_matrix(g[1:4]), orthonormalise(small))
+        dp = np.ascontiguousarray(delta_p, dtype=F32).reshape(-1)
+        loc = _as_f32(params_local, (self.n_modes,))
+        # g[[0, 4, 5]] += dp[[0, 4, 5]]; small = [[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]]
+        g, small = _update_start_nb(dp, np.ascontiguousarray(params_global, dtype=F32).reshape(6))
+        composed = _matmul33_nb(euler_to_rotation_matrix(g[1:4]), orthonormalise(small))
         euler = axis_angle_to_euler(rotation_matrix_to_axis_angle(composed))
-        g[1:4] = 0 if np.any(np.isnan(euler)) else euler
+        e0, e1, e2 = euler.tolist()
+        g[1:4] = 0 if (math.isnan(e0) or math.isnan(e1) or math.isnan(e2)) else euler
         if dp.shape[0] > 6:
             loc = loc + dp[6:6 + self.n_modes]
+        else:
+            loc = loc.copy()
         return loc, g
 
     def clamp(self, params_local, params_global, limit_pose: bool = True,
@@ -403,14 +480,12 @@ class PDM:
 
 # ---------------------------------------------------------------- helpers
 def _project(xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """(2, n) float32 weak-perspective projection of (3, n) model points."""
-    rot = euler_to_rotation_matrix(g[1:4])
-    s = g[0]
-    x, y, z = xyz
-    # Summed left to right and scaled before translating, like CalcShape2D.
-    px = s * (rot[0, 0] * x + rot[0, 1] * y + rot[0, 2] * z) + g[4]
-    py = s * (rot[1, 0] * x + rot[1, 1] * y + rot[1, 2] * z) + g[5]
-    return np.stack([px, py])
+    """(2, n) float32 weak-perspective projection of (3, n) model points.
+
+    Summed left to right and scaled before translating, like CalcShape2D:
+    ``s * (R[0, 0] X + R[0, 1] Y + R[0, 2] Z) + t_x`` (and y).
+    """
+    return _project_nb(xyz, euler_to_rotation_matrix(g[1:4]), g).T.copy()
 
 
 def _stack_xy(xy: np.ndarray) -> np.ndarray:

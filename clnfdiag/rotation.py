@@ -8,9 +8,98 @@ rounds its result to float32, so they are done in float64 here too.
 """
 from __future__ import annotations
 
+import math
+
+import numba
 import numpy as np
+from numpy.linalg import _umath_linalg
 
 F32 = np.float32
+
+# The float32/float64 arithmetic between the transcendental calls is compiled
+# (numba, no fastmath, numpy error model: a float division by zero gives inf or
+# NaN as in numpy). Transcendentals (numpy's own float32 sin/cos/arcsin/arctan2
+# loops), LAPACK (SVD, determinant) and BLAS products (``@``) stay numpy calls,
+# so every value is the one the plain numpy expressions give.
+_njit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+def _svd(m64: np.ndarray):
+    """``np.linalg.svd`` of a finite 3x3 float64 matrix without the wrapper's
+    overhead: the same LAPACK gufunc with the same signature. Non-finite input
+    (or a non-converged result) goes through ``np.linalg.svd`` itself, for its
+    error handling."""
+    # The checks only pick the path (both give the same values when they succeed).
+    if not math.isfinite(sum(m64.ravel().tolist())):
+        return np.linalg.svd(m64)
+    u, s, vt = _umath_linalg.svd_f(m64, signature="d->ddd")
+    if not math.isfinite(sum(s.tolist())):   # pragma: no cover - LAPACK did not converge
+        return np.linalg.svd(m64)
+    return u, s, vt
+
+
+def _det(m64: np.ndarray) -> np.float64:
+    """``np.linalg.det`` of a 3x3 float64 matrix (same LAPACK gufunc)."""
+    return _umath_linalg.det(m64, signature="d->d")
+
+
+@_njit
+def _euler_matrix_nb(s, c):
+    s1, s2, s3 = s[0], s[1], s[2]
+    c1, c2, c3 = c[0], c[1], c[2]
+    out = np.empty((3, 3), dtype=np.float32)
+    out[0, 0] = c2 * c3
+    out[0, 1] = -c2 * s3
+    out[0, 2] = s2
+    out[1, 0] = c1 * s3 + c3 * s1 * s2
+    out[1, 1] = c1 * c3 - s1 * s2 * s3
+    out[1, 2] = -c2 * s1
+    out[2, 0] = s1 * s3 - c1 * c3 * s2
+    out[2, 1] = c3 * s1 + c1 * s2 * s3
+    out[2, 2] = c1 * c2
+    return out
+
+
+@_njit
+def _quaternion_terms_nb(r):
+    """float32 ``[sin(yaw), pitch y, pitch x, roll y, roll x]`` of RotationMatrix2Euler."""
+    one, two, four = np.float32(1), np.float32(2), np.float32(4)
+    q0 = np.sqrt(one + r[0, 0] + r[1, 1] + r[2, 2]) / two
+    q1 = (r[2, 1] - r[1, 2]) / (four * q0)
+    q2 = (r[0, 2] - r[2, 0]) / (four * q0)
+    q3 = (r[1, 0] - r[0, 1]) / (four * q0)
+    t1 = two * (q0 * q2 + q1 * q3)
+    if t1 < np.float32(-1):           # np.clip; NaN passes through
+        t1 = np.float32(-1)
+    elif t1 > one:
+        t1 = one
+    out = np.empty(5, dtype=np.float32)
+    out[0] = t1
+    out[1] = two * (q0 * q1 - q2 * q3)
+    out[2] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
+    out[3] = two * (q0 * q3 - q1 * q2)
+    out[4] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
+    return out
+
+
+@_njit
+def _rodrigues_matrix_nb(c, s, u):
+    """``c * I + (1 - c) * outer(u, u) + s * skew(u)`` in float64, element by
+    element as the numpy expression, rounded to float32."""
+    skew = np.zeros((3, 3))
+    skew[0, 1] = -u[2]
+    skew[0, 2] = u[1]
+    skew[1, 0] = u[2]
+    skew[1, 2] = -u[0]
+    skew[2, 0] = -u[1]
+    skew[2, 1] = u[0]
+    out = np.empty((3, 3), dtype=np.float32)
+    omc = 1.0 - c
+    for i in range(3):
+        for j in range(3):
+            eye = 1.0 if i == j else 0.0
+            out[i, j] = np.float32(c * eye + omc * (u[i] * u[j]) + s * skew[i, j])
+    return out
 
 
 def euler_to_rotation_matrix(euler) -> np.ndarray:
@@ -27,15 +116,11 @@ def euler_to_rotation_matrix(euler) -> np.ndarray:
         ``Rx(pitch) @ Ry(yaw) @ Rz(roll)``.
     """
     e = np.asarray(euler, dtype=F32).reshape(3)
-    s1, s2, s3 = np.sin(e)
-    c1, c2, c3 = np.cos(e)
     # Products grouped left to right as the C++ expressions are, so that float32
-    # rounding happens at the same places.
-    return np.array([
-        [c2 * c3, -c2 * s3, s2],
-        [c1 * s3 + c3 * s1 * s2, c1 * c3 - s1 * s2 * s3, -c2 * s1],
-        [s1 * s3 - c1 * c3 * s2, c3 * s1 + c1 * s2 * s3, c1 * c2],
-    ], dtype=F32)
+    # rounding happens at the same places (:func:`_euler_matrix_nb`):
+    # [[c2 c3, -c2 s3, s2], [c1 s3 + c3 s1 s2, c1 c3 - s1 s2 s3, -c2 s1],
+    #  [s1 s3 - c1 c3 s2, c3 s1 + c1 s2 s3, c1 c2]].
+    return _euler_matrix_nb(np.sin(e), np.cos(e))
 
 
 def rotation_matrix_to_euler(rot) -> np.ndarray:
@@ -52,18 +137,13 @@ def rotation_matrix_to_euler(rot) -> np.ndarray:
         ``(pitch, yaw, roll)``. The quaternion route is undefined for rotations of
         180 degrees (``q0 = 0``): NaNs come out then, as in OpenFace.
     """
-    r = np.asarray(rot, dtype=F32)
-    one, two, four = F32(1), F32(2), F32(4)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q0 = np.sqrt(one + r[0, 0] + r[1, 1] + r[2, 2]) / two
-        q1 = (r[2, 1] - r[1, 2]) / (four * q0)
-        q2 = (r[0, 2] - r[2, 0]) / (four * q0)
-        q3 = (r[1, 0] - r[0, 1]) / (four * q0)
-        # Rounding can push the sine of the yaw just past +-1.
-        t1 = np.clip(two * (q0 * q2 + q1 * q3), F32(-1), F32(1))
-        yaw = np.arcsin(t1)
-        pitch = np.arctan2(two * (q0 * q1 - q2 * q3), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3)
-        roll = np.arctan2(two * (q0 * q3 - q1 * q2), q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3)
+    r = np.ascontiguousarray(rot, dtype=F32).reshape(3, 3)
+    # q0 = sqrt(1 + trace) / 2, q1..q3 from the skew part over 4 q0, all float32;
+    # rounding can push the sine of the yaw just past +-1: clipped.
+    t = _quaternion_terms_nb(r)
+    yaw = np.arcsin(t[0])
+    pitch = np.arctan2(t[1], t[2])
+    roll = np.arctan2(t[3], t[4])
     return np.array([pitch, yaw, roll], dtype=F32)
 
 
@@ -87,9 +167,8 @@ def axis_angle_to_rotation_matrix(axis_angle) -> np.ndarray:
         return np.eye(3, dtype=F32)
     c, s = np.cos(theta), np.sin(theta)
     u = r / theta
-    skew = np.array([[0.0, -u[2], u[1]], [u[2], 0.0, -u[0]], [-u[1], u[0], 0.0]])
-    rot = c * np.eye(3) + (1.0 - c) * np.outer(u, u) + s * skew
-    return rot.astype(F32)
+    # c * I + (1 - c) * outer(u, u) + s * [u]x, in float64, rounded once.
+    return _rodrigues_matrix_nb(float(c), float(s), u)
 
 
 def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
@@ -111,7 +190,7 @@ def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
     if not np.all(np.abs(m) < 100.0):
         # OpenCV's range check gives a zero vector for garbage input.
         return np.zeros(3, dtype=F32)
-    u, _, vt = np.linalg.svd(m)
+    u, _, vt = _svd(m)
     m = u @ vt
     r = np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])
     s = np.sqrt((r @ r) * 0.25)
@@ -177,6 +256,6 @@ def orthonormalise(rot) -> np.ndarray:
         lands within a few float32 ulps of that.
     """
     m = np.asarray(rot, dtype=F32).astype(np.float64)
-    u, _, vt = np.linalg.svd(m)
-    d = np.linalg.det(u @ vt)
+    u, _, vt = _svd(m)
+    d = _det(u @ vt)
     return (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
