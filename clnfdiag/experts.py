@@ -167,12 +167,18 @@ class ExpertBank:
         comps = self._scale.sigma_components.get(window)
         if comps is None:
             comps = np.zeros((0, n, n), np.float32)
+        comps64 = comps.astype(np.float64)
         out = np.empty((len(self.landmarks), n, n), np.float32)
         eye = np.eye(n, dtype=np.float32)
         for row in range(len(self.landmarks)):
+            # OpenFace's ``q2 = q2 + (float)beta * S_b`` is OpenCV's scaleAdd, which the
+            # AVX2 build evaluates as one fused multiply-add per element: emulated as the
+            # exact double product plus q2, rounded once (with it, windows 7 and 9 are
+            # bit-identical to the C++; the separately rounded product is not).
             q2 = np.zeros((n, n), np.float32)
             for b in range(comps.shape[0]):
-                q2 = q2 + np.float32(self.betas[row, b]) * comps[b]
+                beta = np.float64(np.float32(self.betas[row, b]))
+                q2 = (q2.astype(np.float64) + beta * comps64[b]).astype(np.float32)
             inv_sigma = np.float32(2) * (self.sum_alpha[row] * eye + q2)
             with _single_thread_blas():
                 ok, out[row] = cv2.invert(inv_sigma, flags=cv2.DECOMP_CHOLESKY)
@@ -343,6 +349,14 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
 def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
     """``Sigma @ vec(raw)`` per landmark, row-major vectorisation.
 
+    float32 maps follow OpenFace's ``sgemm_`` with M = 1, which OpenBLAS forwards
+    to ``sgemv_t``: each output is a dot product of one stored Sigma row with the
+    map, accumulated by fused multiply-adds in 16 lanes (element ``j`` in lane
+    ``j % 16``), then reduced by a pairwise tree: adjacent lanes first for the
+    columns of the 4-column kernel, halves folded for the leftover columns.
+    Bit-identical to the C++ for windows 7 and 9 (whose Sigma is OpenCV's own
+    Cholesky inverse); 11 and 15 invert through LAPACK and differ in Sigma itself.
+
     Parameters
     ----------
     raw : (v, w, w) float32
@@ -361,12 +375,41 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
     # row-major, i.e. the post-Sigma map comes out transposed (Sigma itself is
     # symmetric, and so are its components under x<->y, so only the layout slip shows).
     vec = raw.transpose(0, 2, 1) if "transpose-sigma" in faults else raw
-    # Double accumulation, one rounding. Not BLAS: OpenBLAS splits a matrix-vector
-    # product of this size across threads, which changes the summation order and so,
-    # now and then, the float32 result; einsum's loop is the same on every machine.
-    sig64 = bank.sigma64(h) if raw.dtype == np.float32 else sig
-    out = np.einsum("vij,vj->vi", sig64, vec.reshape(v, h * w).astype(np.float64))
-    return out.reshape(v, h, w).astype(raw.dtype)
+    if raw.dtype != np.float32:
+        out = np.einsum("vij,vj->vi", sig, vec.reshape(v, h * w))
+        return out.reshape(v, h, w)
+    out = np.empty((v, h * w), np.float32)
+    _sgemv_t_sums(sig, np.ascontiguousarray(vec, np.float32).reshape(v, h * w), out)
+    return out.reshape(v, h, w)
+
+
+@_njit
+def _sgemv_t_sums(sig, vec, out):  # pragma: no cover - compiled
+    v, n, _ = sig.shape
+    lanes = np.empty(16, np.float64)
+    n4 = n - n % 4
+    for i in range(v):
+        for o in range(n):
+            for l in range(16):
+                lanes[l] = 0.0
+            for j in range(n):
+                l = j % 16
+                # float32 a*b is exact in double: one rounding = one FMA.
+                lanes[l] = np.float64(np.float32(lanes[l] + np.float64(sig[i, o, j]) * np.float64(vec[i, j])))
+            half = 8
+            if o < n4:
+                # 4-column kernel: adjacent lanes summed first.
+                while half >= 1:
+                    for l in range(half):
+                        lanes[l] = np.float64(np.float32(lanes[2 * l] + lanes[2 * l + 1]))
+                    half //= 2
+            else:
+                # 1-column kernel for the leftover columns: upper half onto lower half.
+                while half >= 1:
+                    for l in range(half):
+                        lanes[l] = np.float64(np.float32(lanes[l] + lanes[l + half]))
+                    half //= 2
+            out[i, o] = np.float32(lanes[0])
 
 
 def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:

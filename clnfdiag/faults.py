@@ -58,8 +58,9 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "OpenFace's float32: a difference of float32 rounding, visible in isolation only "
           "where the C++ update cancels (astronaut_wild pass 1), elsewhere within tolerance",
           reaches_mean_shifts=False),
-    Fault("no-regularisation", "param_update", True,
-          "solve the non-rigid update without the PDM eigenvalue prior"),
+    Fault("no-regularisation", "param_update", None,
+          "solve the non-rigid update without the PDM eigenvalue prior: moves the landmarks by "
+          "0.02-0.9 px, less than the C++ noise floor on the poorly constrained multi4_wild"),
     Fault("sigmoid-no-double-alpha", "response_raw", False,
           "neuron output alpha·sigmoid instead of 2·alpha·sigmoid: every map is halved, which "
           "the weighted-centroid mean-shift cannot see", reaches_mean_shifts=False),

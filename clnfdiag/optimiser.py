@@ -43,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import math
 
 import cv2
 import numba
@@ -163,11 +164,187 @@ def _seq_rowsum_nb(v):
     return out
 
 
+@_njit
+def _fma_chain_sym_nb(j, reg, add_reg):
+    """:func:`_fma_chain_nb` of ``jw = j`` (``J^T J``): element ``(a, b)`` and
+    ``(b, a)`` run the same chain (``j[r, a] * j[r, b]`` is one exact product
+    either way), so only ``b >= a`` is computed and mirrored."""
+    rows, k = j.shape
+    acc = np.zeros((k, k), dtype=np.float32)
+    acc64 = np.zeros(k, dtype=np.float64)
+    for a in range(k):
+        nb = k - a
+        for bb in range(nb):
+            acc64[bb] = 0.0
+        for r in range(rows):
+            x = np.float64(j[r, a])
+            jr = j[r, a:]
+            for bb in range(nb):
+                acc64[bb] = np.float64(np.float32(acc64[bb] + x * np.float64(jr[bb])))
+        for bb in range(nb):
+            v = np.float32(acc64[bb])
+            acc[a, a + bb] = v
+            acc[a + bb, a] = v
+    if add_reg:
+        for a in range(k):
+            acc[a, a] = np.float32(np.float64(acc[a, a]) + np.float64(reg[a]))
+    return acc
+
+
+_njit_np = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+@_njit_np
+def _mul_2x2_t_nb(p, mat):
+    """``p @ mat.T`` of float32 (n, 2) and (2, 2), products and sum in double,
+    one rounding: the two products are exact in double, so any summation
+    order (or an FMA) gives ``round(p0 + p1)``, as the BLAS product does."""
+    n = p.shape[0]
+    out = np.empty((n, 2), dtype=np.float32)
+    m00, m01 = np.float64(mat[0, 0]), np.float64(mat[0, 1])
+    m10, m11 = np.float64(mat[1, 0]), np.float64(mat[1, 1])
+    for i in range(n):
+        x, y = np.float64(p[i, 0]), np.float64(p[i, 1])
+        out[i, 0] = np.float32(x * m00 + y * m01)
+        out[i, 1] = np.float32(x * m10 + y * m11)
+    return out
+
+
+@_njit_np
+def _window_offsets_nb(cur, base, mat, half):
+    """:func:`window_offsets`: float32 difference, 2x2 product in double (one
+    rounding), ``+ half`` in float32."""
+    n = cur.shape[0]
+    diff = np.empty((n, 2), dtype=np.float32)
+    for i in range(n):
+        diff[i, 0] = cur[i, 0] - base[i, 0]
+        diff[i, 1] = cur[i, 1] - base[i, 1]
+    off = _mul_2x2_t_nb(diff, mat)
+    dxs = np.empty(n, dtype=np.float32)
+    dys = np.empty(n, dtype=np.float32)
+    for i in range(n):
+        dxs[i] = off[i, 0] + half
+        dys[i] = off[i, 1] + half
+    return dxs, dys
+
+
+@_njit_np
+def _to_image_frame_nb(ms_ref, mat, vis):
+    out = _mul_2x2_t_nb(ms_ref, mat)
+    for i in range(out.shape[0]):
+        if not vis[i]:
+            out[i, 0] = 0
+            out[i, 1] = 0
+    return out
+
+
+@_njit_np
+def _mean_shift_grid_nb(resp, vis_idx, dxs, dys, table, cols, rows, hi, out):
+    """The grid branch of :func:`mean_shift` for finite offsets: clamp to
+    ``[0, hi]``, grid index ``floor(float64(d / 0.1f) + 0.5)``, the sequential
+    float32 sums of :func:`_kde_sums_grid_nb`, then ``m / total - d`` in float32.
+    Returns False (nothing written) when an offset is not finite."""
+    m = vis_idx.shape[0]
+    step = np.float32(0.1)
+    zero = np.float32(0)
+    dx = np.empty(m, dtype=np.float32)
+    dy = np.empty(m, dtype=np.float32)
+    ix = np.empty(m, dtype=np.intp)
+    iy = np.empty(m, dtype=np.intp)
+    for t in range(m):
+        i = vis_idx[t]
+        a, b = dxs[i], dys[i]
+        if not (np.isfinite(a) and np.isfinite(b)):
+            return False
+        # np.minimum(np.maximum(d, 0), hi) (keeps a -0.0, as numpy does)
+        if a < zero:
+            a = zero
+        if a > hi:
+            a = hi
+        if b < zero:
+            b = zero
+        if b > hi:
+            b = hi
+        dx[t], dy[t] = a, b
+        ix[t] = np.intp(np.floor(np.float64(np.float32(a / step)) + 0.5))
+        iy[t] = np.intp(np.floor(np.float64(np.float32(b / step)) + 0.5))
+    sums = np.empty((3, m), dtype=np.float32)
+    _kde_sums_grid_nb(resp, vis_idx, table, ix, iy, cols, rows, sums)
+    for t in range(m):
+        i = vis_idx[t]
+        out[i, 0] = np.float32(sums[1, t] / sums[0, t]) - dx[t]
+        out[i, 1] = np.float32(sums[2, t] / sums[0, t]) - dy[t]
+    return True
+
+
+@_njit_np
+def _rhs_reg_nb(rhs, reg, p):
+    """``rhs[6:] - R p`` in double (exact products), one rounding to float32."""
+    for j in range(reg.shape[0]):
+        rhs[6 + j] = np.float32(np.float64(rhs[6 + j]) - np.float64(reg[j]) * np.float64(p[j]))
+
+
+@_njit_np
+def _expf_round_nb(y, r, band):
+    """``r = float32(y)`` and the indices where ``y`` lies within ``band`` ulp
+    of a float32 rounding boundary (the ``hard`` set of :func:`expf32`, same
+    float64 arithmetic: neighbour towards ``y``, half-way point, distance over
+    the spacing; NaN distances are not hard)."""
+    n = y.shape[0]
+    hard = np.empty(n, dtype=np.intp)
+    nh = 0
+    up, down = np.float32(np.inf), np.float32(0)
+    for i in range(n):
+        yi = y[i]
+        ri = np.float32(yi)
+        r[i] = ri
+        rd = np.float64(ri)
+        if yi > rd:
+            nb = np.float64(np.float32(np.nextafter(ri, up)))
+        else:
+            nb = np.float64(np.float32(np.nextafter(ri, down)))
+        spacing = abs(nb - rd)
+        dist = abs(yi - 0.5 * (rd + nb)) / spacing
+        if dist < band:
+            hard[nh] = i
+            nh += 1
+    return hard[:nh]
+
+
+@_njit_np
+def _expf_hard_nb(x, hard, r):
+    """``r[i] = expf(x[i])`` for the hard indices: numba lowers a float32
+    ``math.exp`` to a call of the C library's ``expf`` (checked against the
+    ctypes one by :func:`_numba_expf_is_libm` before it is used)."""
+    for t in range(hard.shape[0]):
+        i = hard[t]
+        r[i] = math.exp(x[i])
+
+
+@functools.lru_cache(maxsize=1)
+def _numba_expf_is_libm() -> bool:
+    """True when :func:`_expf_hard_nb` gives the ctypes ``expf``'s values on
+    the hard arguments of a fixed sample (a few thousand of which glibc rounds
+    away from the correctly rounded value)."""
+    fn = _libm_expf()
+    if fn is None:
+        return False
+    x = np.linspace(-30.0, 30.0, 400_001).astype(F32)
+    r = np.empty(x.shape, dtype=F32)
+    hard = _expf_round_nb(np.exp(x.astype(F64)), r, _EXPF_HARD_BAND)
+    got = r.copy()
+    _expf_hard_nb(x, hard, got)
+    ref = np.fromiter((fn(v) for v in x[hard].tolist()), dtype=F32, count=hard.size)
+    return hard.size > 0 and bool(np.array_equal(got[hard], ref))
+
+
 # --------------------------------------------------------------------------- helpers
 def _visible_mask(visible, n: int) -> np.ndarray:
     """``(n,)`` bool mask; ``None`` means every landmark is visible."""
     if visible is None:
         return np.ones(n, dtype=bool)
+    if type(visible) is np.ndarray and visible.dtype == np.bool_ and visible.shape == (n,):
+        return visible                               # already a mask (never written to)
     v = np.asarray(visible).reshape(-1)
     if v.shape[0] != n:
         raise ValueError(f"visible has {v.shape[0]} entries, expected {n}")
@@ -216,10 +393,28 @@ def expf32(x) -> np.ndarray:
     """
     x = np.asarray(x, dtype=F32)
     y = np.exp(x.astype(F64))
-    r = y.astype(F32)
     fn = _libm_expf()
-    if fn is None or r.size == 0:
-        return r
+    if fn is None or y.size == 0:
+        return y.astype(F32)
+    if not y.flags.c_contiguous:
+        # FIXME kept for bit-identity: before the compiled pass below, the
+        # hard-case fix wrote into ``r.reshape(-1)``, which is a copy when the
+        # input is not C-contiguous (``r`` keeps its layout), so such inputs
+        # (raw_response's transposed activations) got the correctly rounded
+        # values, never glibc's. Make ``x`` contiguous to get the C++ values.
+        return y.astype(F32)
+    # Rounding and the hard set in one compiled pass (same arithmetic as below).
+    r = np.empty(y.shape, dtype=F32)
+    hard = _expf_round_nb(y.reshape(-1), r.reshape(-1), _EXPF_HARD_BAND)
+    if hard.size and _numba_expf_is_libm():
+        _expf_hard_nb(np.ascontiguousarray(x).reshape(-1), hard, r.reshape(-1))
+    elif hard.size:
+        flat = r.reshape(-1)
+        xs = x.reshape(-1)[hard].tolist()
+        flat[hard] = np.fromiter((fn(v) for v in xs), dtype=F32, count=hard.size)
+    return r
+    # The same in numpy:
+    r = y.astype(F32)
     rd = r.astype(F64)
     above = y > rd
     nb = np.where(above, np.nextafter(r, F32(np.inf)), np.nextafter(r, F32(0))).astype(F64)
@@ -356,9 +551,14 @@ def window_offsets(current_shape, base_shape, sim_img_to_ref, window_size: int):
     -------
     dxs, dys : (n,) float32
     """
-    diff = np.asarray(current_shape, dtype=F32) - np.asarray(base_shape, dtype=F32)
-    off = _mul_2x2_t(diff, sim_img_to_ref)
+    cur = np.ascontiguousarray(current_shape, dtype=F32)
+    base = np.ascontiguousarray(base_shape, dtype=F32)
     half = F32((int(window_size) - 1) // 2)
+    if cur.ndim == 2 and cur.shape[1] == 2 and base.shape == cur.shape:
+        return _window_offsets_nb(cur, base, np.ascontiguousarray(sim_img_to_ref, dtype=F32)
+                                  .reshape(2, 2), half)
+    diff = cur - base
+    off = _mul_2x2_t(diff, sim_img_to_ref)
     return off[:, 0] + half, off[:, 1] + half
 
 
@@ -434,6 +634,14 @@ def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.nda
     out = np.zeros((n, 2), dtype=F32)
     if not vis.any():
         return out
+    if grid:
+        dxs32 = np.ascontiguousarray(dxs, dtype=F32).reshape(-1)
+        dys32 = np.ascontiguousarray(dys, dtype=F32).reshape(-1)
+        cols, rows = _cell_index(w)
+        if _mean_shift_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), dxs32, dys32,
+                               kde_kernel_table(sigma, w), cols, rows,
+                               F32(w) - KDE_STEP, out):
+            return out
     dx = _clamp_to_window(np.asarray(dxs, dtype=F32)[vis], w)
     dy = _clamp_to_window(np.asarray(dys, dtype=F32)[vis], w)
     m = dx.shape[0]
@@ -470,8 +678,12 @@ def to_image_frame(mean_shifts_ref, sim_ref_to_img, visible=None) -> np.ndarray:
     -------
     (n, 2) float32
     """
-    ms = _mul_2x2_t(mean_shifts_ref, sim_ref_to_img)
+    ms = np.ascontiguousarray(mean_shifts_ref, dtype=F32)
     vis = _visible_mask(visible, ms.shape[0])
+    if ms.ndim == 2 and ms.shape[1] == 2:
+        return _to_image_frame_nb(ms, np.ascontiguousarray(sim_ref_to_img, dtype=F32)
+                                  .reshape(2, 2), vis)
+    ms = _mul_2x2_t(ms, sim_ref_to_img)
     ms[~vis] = 0
     return ms
 
@@ -557,7 +769,13 @@ def hessian_sgemm(jw: np.ndarray, j: np.ndarray, reg_diag: np.ndarray | None = N
     # float32 x float32 products are exact in float64; adding one to the
     # float32 accumulator in float64 and rounding the sum to float32 is a
     # float32 FMA. Compiled (:func:`_fma_chain_nb`): one accumulator per
-    # output element, rows in order.
+    # output element, rows in order. ``J^T J`` (jw is j) is symmetric chain
+    # by chain: half of it is computed (:func:`_fma_chain_sym_nb`).
+    if jw is j or (jw.shape == j.shape and jw.ctypes.data == j.ctypes.data
+                   and jw.strides == j.strides):
+        if reg_diag is None:
+            return _fma_chain_sym_nb(j, np.zeros(k, dtype=F32), False)
+        return _fma_chain_sym_nb(j, np.ascontiguousarray(reg_diag, dtype=F32).reshape(k), True)
     if reg_diag is None:
         return _fma_chain_nb(jw, j, np.zeros(k, dtype=F32), False)
     return _fma_chain_nb(jw, j, np.ascontiguousarray(reg_diag, dtype=F32).reshape(k), True)
@@ -899,6 +1117,21 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
     rec.record("weights", w_diag, F32)
     grid = "no-kde-grid" not in faults
     regularise = "no-regularisation" not in faults
+    # Per phase, what every iteration's update shares (the values solve_update
+    # would compute each time): visibility rows, unit weights, regulariser.
+    vis = _visible_mask(visible, pdm.n_points)
+    inv2 = ~np.concatenate([vis, vis])
+    fast = not ov and "float64" not in faults
+    if fast:
+        w32 = np.asarray(w_diag, dtype=F32).reshape(-1)
+        unit_w = bool(np.all(w32 == 1))              # J * 1 == J: use J itself (J^T J)
+        w_col = w32[:, None]
+        n_modes = pdm.n_modes
+        reg_full = np.zeros(6 if rigid else 6 + n_modes, dtype=F32)
+        if not rigid and regularise:
+            reg_full[6:] = regularisation_diag(pdm.eigen_values, reg_factor)[:n_modes]
+        reg_modes = reg_full[6:]
+        subtract_reg = not rigid and regularise
     previous = None
     dxs = dys = None
     updates = 0
@@ -922,15 +1155,23 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
             dys = np.asarray(ov.get(tag + "dys", dys), F32)
         ms_ref = ov.get(tag + "mean_shifts_ref")
         if ms_ref is None:
-            ms_ref = mean_shift(responses, dxs, dys, visible, sigma, grid=grid)
+            ms_ref = mean_shift(responses, dxs, dys, vis, sigma, grid=grid)
         ms = ov.get(tag + "mean_shifts")
         if ms is None:
-            ms = to_image_frame(ms_ref, sim_ref_to_img, visible)
-        vis2 = np.concatenate([visible, visible])
-        jac[~vis2] = 0
+            ms = to_image_frame(ms_ref, sim_ref_to_img, vis)
+        jac[inv2] = 0
         jac = ov.get(tag + "jacobian", jac)
         dp = ov.get(tag + "param_update")
-        if dp is None:
+        if dp is None and fast and jac.shape[1] == reg_full.shape[0]:
+            # solve_update's arithmetic with the per-phase parts hoisted (jac's
+            # invisible rows are zero already, and so are ms's, from to_image_frame).
+            ms_vec = np.concatenate([ms[:, 0], ms[:, 1]])
+            jw = jac if unit_w else jac * w_col
+            rhs = (jw.astype(F64).T @ ms_vec.astype(F64)).astype(F32)
+            if subtract_reg:
+                _rhs_reg_nb(rhs, reg_modes, loc)
+            dp, _ok = cholesky_solve(hessian_sgemm(jw, jac, reg_full), rhs)
+        elif dp is None:
             dp = solve_update(jac, w_diag, ms, loc, pdm.eigen_values, reg_factor, rigid,
                               regularise=regularise, visible=visible,
                               double="float64" in faults)

@@ -109,6 +109,16 @@ def _matmul33_nb(a, b):
     return out
 
 
+@_njit
+def _clamp_nb(loc, bound):
+    """``np.where(|p| > bound, copysign(bound, p), p)`` (NaN kept)."""
+    out = np.empty_like(loc)
+    for i in range(loc.shape[0]):
+        v = loc[i]
+        out[i] = math.copysign(bound[i], v) if abs(v) > bound[i] else v
+    return out
+
+
 def _as_f32(a, shape: tuple[int, ...] | None = None) -> np.ndarray:
     out = np.asarray(a, dtype=F32)
     return out.reshape(shape) if shape is not None else out
@@ -135,6 +145,8 @@ class PDM:
         self._pc_xyz = self.princ_comp.reshape(3, n, self.n_modes)
         self._mean_xyz64 = self._mean_xyz.astype(np.float64)
         self._pc_xyz64 = self._pc_xyz.astype(np.float64)
+        #: ``PDM::Clamp``'s bound, 3 sqrt(eigenvalue) in float32.
+        self._clamp_bound = F32(N_SIGMAS) * np.sqrt(self.eigen_values)
 
     @classmethod
     def from_file(cls, path: str | Path) -> "PDM":
@@ -469,10 +481,8 @@ class PDM:
             New arrays.
         """
         del limit_pose  # ignored by OpenFace 2.x as well
-        loc = _as_f32(params_local, (self.n_modes,)).copy()
+        loc = _clamp_nb(_as_f32(params_local, (self.n_modes,)), self._clamp_bound)
         g = _as_f32(params_global, (6,)).copy()
-        bound = F32(N_SIGMAS) * np.sqrt(self.eigen_values)
-        loc = np.where(np.abs(loc) > bound, np.copysign(bound, loc), loc).astype(F32)
         if clip_rotations:
             g[1:4] = np.clip(g[1:4], F32(-np.pi / 2), F32(np.pi / 2))
         return loc, g

@@ -102,6 +102,38 @@ def _rodrigues_matrix_nb(c, s, u):
     return out
 
 
+@_njit
+def _in_range_nb(m):
+    """``np.all(np.abs(m) < 100.0)`` (False on NaN)."""
+    for i in range(3):
+        for j in range(3):
+            if not abs(m[i, j]) < 100.0:
+                return False
+    return True
+
+
+@_njit
+def _skew_vector_nb(m):
+    """``[m21 - m12, m02 - m20, m10 - m01]`` (float64)."""
+    r = np.empty(3)
+    r[0] = m[2, 1] - m[1, 2]
+    r[1] = m[0, 2] - m[2, 0]
+    r[2] = m[1, 0] - m[0, 1]
+    return r
+
+
+@_njit
+def _scaled_f32_nb(r, f):
+    """``(r * f).astype(float32)``."""
+    out = np.empty(3, dtype=np.float32)
+    for i in range(3):
+        out[i] = np.float32(r[i] * f)
+    return out
+
+
+_EPS64 = float(np.finfo(np.float64).eps)
+
+
 def euler_to_rotation_matrix(euler) -> np.ndarray:
     """Rotation matrix from Euler angles, in float32 like ``Euler2RotationMatrix``.
 
@@ -163,7 +195,7 @@ def axis_angle_to_rotation_matrix(axis_angle) -> np.ndarray:
     """
     r = np.asarray(axis_angle, dtype=F32).reshape(3).astype(np.float64)
     theta = float(np.sqrt(r @ r))
-    if theta < np.finfo(np.float64).eps:
+    if theta < _EPS64:
         return np.eye(3, dtype=F32)
     c, s = np.cos(theta), np.sin(theta)
     u = r / theta
@@ -186,18 +218,18 @@ def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
         OpenCV first replaces the matrix by its nearest rotation (``U @ Vt`` of its
         SVD) and works in float64 throughout; only the result is rounded.
     """
-    m = np.asarray(rot, dtype=F32).astype(np.float64)
-    if not np.all(np.abs(m) < 100.0):
+    m = np.asarray(rot, dtype=F32).reshape(3, 3).astype(np.float64)
+    if not _in_range_nb(m):
         # OpenCV's range check gives a zero vector for garbage input.
         return np.zeros(3, dtype=F32)
     u, _, vt = _svd(m)
     m = u @ vt
-    r = np.array([m[2, 1] - m[1, 2], m[0, 2] - m[2, 0], m[1, 0] - m[0, 1]])
+    r = _skew_vector_nb(m)
     s = np.sqrt((r @ r) * 0.25)
     c = min(max((m[0, 0] + m[1, 1] + m[2, 2] - 1.0) * 0.5, -1.0), 1.0)
     theta = np.arccos(c)
     if s >= 1e-5:
-        return (r * (theta / (2.0 * s))).astype(F32)
+        return _scaled_f32_nb(r, float(theta / (2.0 * s)))
     if c > 0:
         return np.zeros(3, dtype=F32)
     return _half_turn_axis(m, theta).astype(F32)

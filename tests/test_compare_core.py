@@ -397,16 +397,19 @@ def test_non_numeric_candidate_is_bad_input(golden, stages):
 def test_propagated_final_landmarks_use_noise_floor(tmp_path, golden, stages):
     cand = dict(stages)
     lm = stages["final/landmarks"].copy()
-    lm[0] += [0.03, 0.0]
+    lm[0] += [0.08, 0.0]  # beyond the floor (0.05), within twice the floor
     cand["final/landmarks"] = lm
     case_dir = _write_candidate(tmp_path, golden, stages)  # a golden copy with a floor next to it
     (tmp_path / "CPP_FLOOR.json").write_text(json.dumps({"cases": {golden.case_id: 0.05}}))
     with read_case(case_dir) as g2:
         prop = compare_traces(g2, cand, mode="propagated")
         iso = compare_traces(g2, cand, mode="isolated")
-    assert prop.landmark_tolerance_px == 0.05 and prop.noise_floor_px == 0.05
+        lm[0] += [0.03, 0.0]  # 0.11 px: beyond twice the floor
+        far = compare_traces(g2, cand, mode="propagated")
+    assert prop.landmark_tolerance_px == 0.1 and prop.noise_floor_px == 0.05
     assert prop.stage("final/landmarks").within_tolerance and prop.verdict == "pass"
     assert iso.landmark_tolerance_px == 0.01 and iso.verdict == "diverged"
+    assert far.verdict == "diverged"
 
 
 def test_propagated_mode_uses_the_looser_table(golden, stages):

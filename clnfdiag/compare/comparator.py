@@ -204,8 +204,11 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
     divergent = cmp.divergent_stages
     cmp.first_divergent_stage = divergent[0].stage if divergent else None
     if impact is not None:
-        # Impact is an end-to-end replay, so it is judged like a propagated fit: a move
-        # below what two C++ builds already disagree by (the noise floor) is not an effect.
+        # Impact compares two replays of one implementation, with and without the stage:
+        # a move smaller than what rounding-level differences already cause on this case
+        # (the noise floor: two C++ builds differing only in rounding land that far apart)
+        # cannot be told from noise. (A candidate's own distance to the golden is judged
+        # against twice the floor instead, see landmark_tolerance.)
         _evaluate_impact(divergent[:max(0, impact_stages)], impact,
                          max(cmp.landmark_tolerance_px, floor or 0.0))
         cmp.impact = divergent[0].impact if divergent else None
