@@ -78,6 +78,29 @@ class ResponseStages:
         return out
 
 
+class _RawScratch:
+    """Preallocated work arrays of the compiled raw-response path for one response size.
+
+    cols : (K, nb) float32 — one landmark's windows, component-major, during
+    normalisation; cols64 : (K, nb) float64 — the normalised windows widened
+    (row 0 the bias input 1); wsum, wsq, inv : (nb,) float32 — mean, sum of
+    squares, 1/norm; acc : (nb,) float32 — one neuron's FMA chains;
+    neg_act, exp : (v, n, nb) float64 — ``-activation`` and ``exp(-activation)``.
+    """
+
+    __slots__ = ("cols", "cols64", "wsum", "wsq", "inv", "acc", "neg_act", "exp")
+
+    def __init__(self, v: int, n: int, k: int, nb: int):
+        self.cols = np.empty((k, nb), np.float32)
+        self.cols64 = np.empty((k, nb), np.float64)
+        self.wsum = np.empty(nb, np.float32)
+        self.wsq = np.empty(nb, np.float32)
+        self.inv = np.empty(nb, np.float32)
+        self.acc = np.empty(nb, np.float32)
+        self.neg_act = np.empty((v, n, nb), np.float64)
+        self.exp = np.empty((v, n, nb), np.float64)
+
+
 class ExpertBank:
     """The visible experts of one (scale, view), stacked for batched evaluation.
 
@@ -130,11 +153,44 @@ class ExpertBank:
             self.sum_alpha[row] = acc
             self.betas[row, :e.betas.size] = e.betas
             self.confidence[row] = e.patch_confidence
-        self._sigmas: dict[int, np.ndarray] = {}
+        self._sigmas: dict = {}
         self._scale = scale
         #: ``weights`` transposed to ``(v, 1 + hw, k)`` (a view).
         self.weights_t = self.weights.transpose(0, 2, 1)
         self._buffers: dict[tuple[type, int], np.ndarray] = {}
+        self._scratch: dict[tuple[int, int], _RawScratch] = {}
+        self._sgemv_lanes: dict[int, np.ndarray] = {}
+
+    def raw_scratch(self, rh: int, rw: int) -> "_RawScratch":
+        """Work arrays of :func:`raw_response` for ``rh x rw`` windows, allocated once.
+
+        Reused by every call with that response size (so one bank must not be
+        evaluated from two threads at once).
+        """
+        key = (rh, rw)
+        s = self._scratch.get(key)
+        if s is None:
+            s = self._scratch[key] = _RawScratch(
+                len(self.landmarks), self.weights.shape[1], 1 + self.height * self.width, rh * rw)
+        return s
+
+    def sigma_t(self, window: int) -> np.ndarray:
+        """:meth:`sigma` with each landmark's matrix transposed, ``[i, j, o] = Sigma_i[o, j]``.
+
+        The same array when every Sigma is bit-exactly symmetric (no copy),
+        otherwise a cached float32 copy. Read-only.
+        """
+        key = (window, "T")
+        cached = self._sigmas.get(key)
+        if cached is None:
+            sig = self.sigma(window)
+            if np.array_equal(sig, sig.transpose(0, 2, 1)):
+                cached = sig
+            else:
+                cached = np.ascontiguousarray(sig.transpose(0, 2, 1))
+                cached.flags.writeable = False
+            self._sigmas[key] = cached
+        return cached
 
     def buffer(self, dtype: type, n_windows: int) -> np.ndarray:
         """A reusable im2col buffer ``(v, n_windows, 1 + hw)`` per dtype and window count."""
@@ -305,8 +361,126 @@ def _fma_gemm(cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return out
 
 
+@_njit
+def _ccnf_neg_activations(areas, weights, height, width, rh, rw,
+                          cols, cols64, wsum, wsq, inv, acc, neg_act):  # pragma: no cover - compiled
+    """``neg_act[i, j, b] = -(weights[i, j] · window_b)`` in float64 (float32 values).
+
+    Per landmark, one pass: the im2col with OpenFace's contrast normalisation
+    (:func:`_im2col_kmajor`'s float32 arithmetic in its order, vectorised over
+    the windows: float32 ``+ - * /`` and ``sqrt`` are IEEE float32 operations
+    here, no fastmath so no contraction to FMA), then the sgemm as the FMA
+    chains of :func:`_fma_chains` (``t = 0..K-1``, exact product in double,
+    one float32 rounding per step).
+    """
+    v = areas.shape[0]
+    n = weights.shape[1]
+    k = weights.shape[2]
+    nb = rh * rw
+    fhw = np.float32(height * width)
+    for b in range(nb):
+        cols64[0, b] = 1.0
+    for i in range(v):
+        for b in range(nb):
+            wsum[b] = 0.0
+            wsq[b] = 0.0
+        # Pixels to slab 1 + xx*h + yy; sequential float32 sum, yy outer, xx inner.
+        for yy in range(height):
+            for xx in range(width):
+                row = cols[1 + xx * height + yy]
+                for y in range(rh):
+                    base = y * rw
+                    src = areas[i, y + yy, xx:xx + rw]
+                    for x in range(rw):
+                        p = src[x]
+                        row[base + x] = p
+                        wsum[base + x] = wsum[base + x] + p
+        for b in range(nb):
+            wsum[b] = wsum[b] / fhw                                   # the mean
+        # Mean removed; rounded squares summed in column-major order t = 1..hw.
+        for t in range(1, k):
+            row = cols[t]
+            for b in range(nb):
+                d = row[b] - wsum[b]
+                row[b] = d
+                wsq[b] = wsq[b] + d * d
+        for b in range(nb):
+            nrm = np.sqrt(wsq[b])
+            if nrm == np.float32(0.0):
+                nrm = np.float32(1.0)
+            inv[b] = np.float32(1.0 / np.float64(nrm))                # 1.0 / norm in double
+        for t in range(1, k):
+            row = cols[t]
+            out = cols64[t]
+            for b in range(nb):
+                out[b] = np.float64(row[b] * inv[b])
+        # sgemm: one float32 FMA chain per output (float32 a*b is exact in double).
+        for j in range(n):
+            for b in range(nb):
+                acc[b] = 0.0
+            for t in range(k):
+                c = cols64[t]
+                w = np.float64(weights[i, j, t])
+                for b in range(nb):
+                    acc[b] = np.float32(np.float64(acc[b]) + c[b] * w)
+            o = neg_act[i, j]
+            for b in range(nb):
+                o[b] = -np.float64(acc[b])
+
+
+@_njit
+def _sum_neurons(e, two_alpha, out):  # pragma: no cover - compiled
+    """``out[i, b] = float(... float(float(0 + t_0) + t_1) ... + t_n-1)`` with the
+    double term ``t_j = two_alpha[i, j] / (double(float(e[i, j, b])) + 1)``."""
+    v, n, nb = e.shape
+    for i in range(v):
+        for b in range(nb):
+            out[i, b] = 0.0
+        for j in range(n):
+            ta = two_alpha[i, j]
+            for b in range(nb):
+                term = ta / (np.float64(np.float32(e[i, j, b])) + 1.0)
+                out[i, b] = np.float32(np.float64(out[i, b]) + term)
+
+
+def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray, two_alpha: np.ndarray,
+                        dtype: type) -> np.ndarray:
+    """The reference formulation of :func:`raw_response` (stacked im2col, batched
+    GEMM, vectorised sigmoid). Used for the ``float64`` fault and for banks with
+    a single landmark or neuron; same values as the compiled path."""
+    v, a_h, a_w = areas.shape
+    rh, rw = a_h - bank.height + 1, a_w - bank.width + 1
+    if dtype is np.float64:
+        cols = im2col_normalised(areas, bank.height, bank.width, dtype, out=bank.buffer(dtype, rh * rw))
+        act = np.matmul(cols, bank.weights.astype(dtype).transpose(0, 2, 1)).transpose(2, 0, 1)
+        e = np.exp(-act)
+    else:
+        # Bit-exact with OpenFace's ResponseOpenBlas (measured on the goldens; see
+        # bench/response_bits.py): im2col sums in its order, the sgemm as FMA
+        # chains, exp as glibc's expf on the float activation.
+        cols = _im2col_kmajor(areas, bank.height, bank.width)
+        act = _fma_gemm(cols, bank.weights).transpose(1, 0, 2)      # (n, v, nb)
+        e = expf32(np.negative(act)).astype(np.float64)
+    # The term in double, added to the float map neuron by neuron (neurons with
+    # alpha <= 1e-4 have two_alpha 0 and add nothing): float(map + term) each time.
+    terms = np.add(e, 1.0, dtype=np.float64)
+    np.divide(two_alpha.T[:, :, None], terms, out=terms)
+    acc = np.zeros((v, rh * rw), dtype)
+    for term in terms:
+        np.add(acc, term, out=acc, dtype=np.float64, casting="unsafe")
+    return acc.reshape(v, rh, rw)
+
+
 def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
     """Sum over neurons of ``2·alpha·sigmoid(w·x + b)`` for every visible landmark.
+
+    float32 (default): bit-exact with OpenFace's ResponseOpenBlas on 99.54% of
+    the golden values (bench/response_bits.py). One compiled pass per landmark
+    does the im2col with contrast normalisation in OpenFace's float order
+    (:func:`_im2col_kmajor`) and the sgemm as float32 FMA chains
+    (:func:`_fma_gemm`); the exponential is glibc's ``expf`` of the float
+    activation (:func:`expf32`), as the C++ ``exp(float)``; then the double
+    terms ``2·alpha / (1 + e)`` are added to the float map neuron by neuron.
 
     Parameters
     ----------
@@ -324,26 +498,19 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
     if "sigmoid-no-double-alpha" in faults:
         two_alpha = two_alpha / 2.0
     if "float64" in faults:
-        dtype = np.float64
-        cols = im2col_normalised(areas, bank.height, bank.width, dtype, out=bank.buffer(dtype, rh * rw))
-        act = np.matmul(cols, bank.weights.astype(dtype).transpose(0, 2, 1)).transpose(2, 0, 1)
-        e = np.exp(-act)
-    else:
-        dtype = np.float32
-        # Bit-exact with OpenFace's ResponseOpenBlas (measured on the goldens; see
-        # bench/response_bits.py): im2col sums in its order, the sgemm as FMA
-        # chains, exp as glibc's expf on the float activation.
-        cols = _im2col_kmajor(areas, bank.height, bank.width)
-        act = _fma_gemm(cols, bank.weights).transpose(1, 0, 2)      # (n, v, nb)
-        e = expf32(np.negative(act)).astype(np.float64)
-    # The term in double, added to the float map neuron by neuron (neurons with
-    # alpha <= 1e-4 have two_alpha 0 and add nothing): float(map + term) each time.
-    terms = np.add(e, 1.0, dtype=np.float64)
-    np.divide(two_alpha.T[:, :, None], terms, out=terms)
-    acc = np.zeros((v, rh * rw), dtype)
-    for term in terms:
-        np.add(acc, term, out=acc, dtype=np.float64, casting="unsafe")
-    return acc.reshape(v, rh, rw)
+        return _raw_response_numpy(bank, areas, two_alpha, np.float64)
+    n = bank.weights.shape[1]
+    if v <= 1 or n <= 1 or rh <= 0 or rw <= 0:
+        return _raw_response_numpy(bank, areas, two_alpha, np.float32)
+    a = np.ascontiguousarray(areas, dtype=np.float32)
+    s = bank.raw_scratch(rh, rw)
+    _ccnf_neg_activations(a, bank.weights, bank.height, bank.width, rh, rw,
+                          s.cols, s.cols64, s.wsum, s.wsq, s.inv, s.acc, s.neg_act)
+    # exp of a float in the C++ is glibc's expf, which is not always correctly rounded.
+    s.exp[...] = expf32(s.neg_act.astype(np.float32))
+    out = np.empty((v, rh, rw), np.float32)
+    _sum_neurons(s.exp, np.ascontiguousarray(two_alpha, np.float64), out.reshape(v, rh * rw))
+    return out
 
 
 def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
@@ -378,13 +545,18 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
     if raw.dtype != np.float32:
         out = np.einsum("vij,vj->vi", sig, vec.reshape(v, h * w))
         return out.reshape(v, h, w)
-    out = np.empty((v, h * w), np.float32)
-    _sgemv_t_sums(sig, np.ascontiguousarray(vec, np.float32).reshape(v, h * w), out)
+    n = h * w
+    out = np.empty((v, n), np.float32)
+    lanes = bank._sgemv_lanes.get(n)
+    if lanes is None:
+        lanes = bank._sgemv_lanes[n] = np.empty((16, n), np.float32)
+    _sgemv_t_lanes(bank.sigma_t(h), np.ascontiguousarray(vec, np.float32).reshape(v, n), lanes, out)
     return out.reshape(v, h, w)
 
 
 @_njit
 def _sgemv_t_sums(sig, vec, out):  # pragma: no cover - compiled
+    """Reference loop of :func:`_sgemv_t_lanes` (one output at a time)."""
     v, n, _ = sig.shape
     lanes = np.empty(16, np.float64)
     n4 = n - n % 4
@@ -410,6 +582,46 @@ def _sgemv_t_sums(sig, vec, out):  # pragma: no cover - compiled
                         lanes[l] = np.float64(np.float32(lanes[l] + lanes[l + half]))
                     half //= 2
             out[i, o] = np.float32(lanes[0])
+
+
+@_njit
+def _sgemv_t_lanes(sig_t, vec, lanes, out):  # pragma: no cover - compiled
+    """:func:`_sgemv_t_sums` with every output's 16 lanes advanced together.
+
+    ``sig_t[i, j, o] = Sigma_i[o, j]``; ``lanes`` is a ``(16, n)`` float32
+    scratch, ``lanes[l, o]`` output ``o``'s lane ``l``. The same roundings in
+    the same order per output, the loops vectorised over the outputs.
+    """
+    v, n, _ = sig_t.shape
+    n4 = n - n % 4
+    for i in range(v):
+        for l in range(16):
+            row = lanes[l]
+            for o in range(n):
+                row[o] = 0.0
+        for j in range(n):
+            row = lanes[j % 16]
+            s = sig_t[i, j]
+            x = np.float64(vec[i, j])
+            for o in range(n):
+                row[o] = np.float32(np.float64(row[o]) + np.float64(s[o]) * x)
+        half = 8
+        while half >= 1:
+            for l in range(half):
+                dst = lanes[l]
+                # 4-column kernel (outputs < n4): adjacent lanes summed first.
+                lo = lanes[2 * l]
+                hi = lanes[2 * l + 1]
+                for o in range(n4):
+                    dst[o] = lo[o] + hi[o]
+                # 1-column kernel for the leftover outputs: upper half onto lower half.
+                up = lanes[l + half]
+                for o in range(n4, n):
+                    dst[o] = dst[o] + up[o]
+            half //= 2
+        row = lanes[0]
+        for o in range(n):
+            out[i, o] = row[o]
 
 
 def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:

@@ -397,13 +397,10 @@ def expf32(x) -> np.ndarray:
     if fn is None or y.size == 0:
         return y.astype(F32)
     if not y.flags.c_contiguous:
-        # FIXME kept for bit-identity: before the compiled pass below, the
-        # hard-case fix wrote into ``r.reshape(-1)``, which is a copy when the
-        # input is not C-contiguous (``r`` keeps its layout), so such inputs
-        # (raw_response's transposed activations) got the correctly rounded
-        # values, never glibc's. Make ``x`` contiguous to get the C++ values.
-        return y.astype(F32)
-    # Rounding and the hard set in one compiled pass (same arithmetic as below).
+        # The hard-case fix below works on flat views: give it contiguous arrays.
+        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
+    # Rounding and the hard set in one compiled pass (:func:`_expf_round_nb`),
+    # then the C library's expf on the hard ones.
     r = np.empty(y.shape, dtype=F32)
     hard = _expf_round_nb(y.reshape(-1), r.reshape(-1), _EXPF_HARD_BAND)
     if hard.size and _numba_expf_is_libm():
@@ -412,20 +409,6 @@ def expf32(x) -> np.ndarray:
         flat = r.reshape(-1)
         xs = x.reshape(-1)[hard].tolist()
         flat[hard] = np.fromiter((fn(v) for v in xs), dtype=F32, count=hard.size)
-    return r
-    # The same in numpy:
-    r = y.astype(F32)
-    rd = r.astype(F64)
-    above = y > rd
-    nb = np.where(above, np.nextafter(r, F32(np.inf)), np.nextafter(r, F32(0))).astype(F64)
-    spacing = np.abs(nb - rd)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        dist = np.abs(y - 0.5 * (rd + nb)) / spacing
-    hard = np.flatnonzero(dist < _EXPF_HARD_BAND)
-    if hard.size:
-        flat = r.reshape(-1)
-        xs = x.reshape(-1)[hard]
-        flat[hard] = np.fromiter((fn(float(v)) for v in xs), dtype=F32, count=hard.size)
     return r
 
 
@@ -597,7 +580,8 @@ def _weighted_sums(resp: np.ndarray, kern: np.ndarray, w: int):
     return out[0], out[1], out[2]
 
 
-def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.ndarray:
+def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True,
+               double: bool = False) -> np.ndarray:
     """KDE mean-shift per landmark in the reference frame.
 
     As ``NonVectorisedMeanShift_precalc_kde``: ``dx, dy`` are clamped to
@@ -620,12 +604,18 @@ def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.nda
         ``False`` is the ``no-kde-grid`` known-fault variant: the kernel is the
         exact Gaussian at the clamped ``(dx, dy)`` instead of the nearest grid
         position (all else identical).
+    double : bool, default False
+        The ``float64`` known-fault variant: the same grid, but the kernel and
+        the sums in double (what a port gets from numpy's defaults), rounded to
+        float32 at the end.
 
     Returns
     -------
     (n, 2) float32
         ``(msx, msy)`` per landmark, reference frame.
     """
+    if double:
+        return _mean_shift_double(responses, dxs, dys, visible, sigma, grid)
     resp = np.asarray(responses, dtype=F32)
     n, w, w2 = resp.shape
     if w != w2:
@@ -658,6 +648,30 @@ def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True) -> np.nda
     with np.errstate(divide="ignore", invalid="ignore"):
         out[vis, 0] = mx / total - dx
         out[vis, 1] = my / total - dy
+    return out
+
+
+def _mean_shift_double(responses, dxs, dys, visible, sigma, grid: bool) -> np.ndarray:
+    """:func:`mean_shift` computed in float64 throughout (the ``float64`` fault)."""
+    resp = np.asarray(responses, dtype=F64)
+    n, w, _ = resp.shape
+    vis = _visible_mask(visible, n)
+    out = np.zeros((n, 2), dtype=F32)
+    hi = F64(w) - 0.1
+    dx = np.clip(np.asarray(dxs, F64)[vis], 0.0, hi)
+    dy = np.clip(np.asarray(dys, F64)[vis], 0.0, hi)
+    if grid:
+        dx, dy = np.floor(dx / 0.1 + 0.5) * 0.1, np.floor(dy / 0.1 + 0.5) * 0.1
+    cells = np.arange(w, dtype=F64)
+    a = -0.5 / F64(sigma) ** 2
+    kern = np.exp(a * ((dy[:, None, None] - cells[None, :, None]) ** 2
+                       + (dx[:, None, None] - cells[None, None, :]) ** 2))
+    v = resp[vis] * kern
+    total = v.sum(axis=(1, 2))
+    out[vis, 0] = (v * cells[None, None, :]).sum(axis=(1, 2)) / total - np.clip(
+        np.asarray(dxs, F64)[vis], 0.0, hi)
+    out[vis, 1] = (v * cells[None, :, None]).sum(axis=(1, 2)) / total - np.clip(
+        np.asarray(dys, F64)[vis], 0.0, hi)
     return out
 
 
@@ -1121,6 +1135,7 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
     # would compute each time): visibility rows, unit weights, regulariser.
     vis = _visible_mask(visible, pdm.n_points)
     inv2 = ~np.concatenate([vis, vis])
+    any_invisible = bool(inv2.any())
     fast = not ov and "float64" not in faults
     if fast:
         w32 = np.asarray(w_diag, dtype=F32).reshape(-1)
@@ -1155,11 +1170,13 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
             dys = np.asarray(ov.get(tag + "dys", dys), F32)
         ms_ref = ov.get(tag + "mean_shifts_ref")
         if ms_ref is None:
-            ms_ref = mean_shift(responses, dxs, dys, vis, sigma, grid=grid)
+            ms_ref = mean_shift(responses, dxs, dys, vis, sigma, grid=grid,
+                                double="float64" in faults)
         ms = ov.get(tag + "mean_shifts")
         if ms is None:
             ms = to_image_frame(ms_ref, sim_ref_to_img, vis)
-        jac[inv2] = 0
+        if any_invisible:
+            jac[inv2] = 0
         jac = ov.get(tag + "jacobian", jac)
         dp = ov.get(tag + "param_update")
         if dp is None and fast and jac.shape[1] == reg_full.shape[0]:

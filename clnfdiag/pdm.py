@@ -25,8 +25,8 @@ import numpy as np
 
 from .models.pdm_file import PDMData, read_pdm
 from .optimiser import hessian_sgemm
-from .rotation import (axis_angle_to_euler, euler_to_rotation_matrix, orthonormalise,
-                       rotation_matrix_to_axis_angle)
+from .rotation import (_det, _euler_matrix_nb, _svd, axis_angle_to_euler,
+                       euler_to_rotation_matrix, rotation_matrix_to_axis_angle)
 
 F32 = np.float32
 
@@ -445,8 +445,14 @@ class PDM:
         loc = _as_f32(params_local, (self.n_modes,))
         # g[[0, 4, 5]] += dp[[0, 4, 5]]; small = [[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]]
         g, small = _update_start_nb(dp, np.ascontiguousarray(params_global, dtype=F32).reshape(6))
-        composed = _matmul33_nb(euler_to_rotation_matrix(g[1:4]), orthonormalise(small))
-        euler = axis_angle_to_euler(rotation_matrix_to_axis_angle(composed))
+        # euler_to_rotation_matrix(g[1:4]) and orthonormalise(small), inlined:
+        # the same numpy/LAPACK calls on the same arrays.
+        e = g[1:4]
+        rot = _euler_matrix_nb(np.sin(e), np.cos(e))
+        u, _, vt = _svd(small.astype(np.float64))
+        d = _det(u @ vt)
+        orth = (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
+        euler = axis_angle_to_euler(rotation_matrix_to_axis_angle(_matmul33_nb(rot, orth)))
         e0, e1, e2 = euler.tolist()
         g[1:4] = 0 if (math.isnan(e0) or math.isnan(e1) or math.isnan(e2)) else euler
         if dp.shape[0] > 6:

@@ -194,7 +194,7 @@ def axis_angle_to_rotation_matrix(axis_angle) -> np.ndarray:
         Computed in float64 and rounded once, as OpenCV does.
     """
     r = np.asarray(axis_angle, dtype=F32).reshape(3).astype(np.float64)
-    theta = float(np.sqrt(r @ r))
+    theta = math.sqrt(r @ r)                          # correctly rounded, as np.sqrt
     if theta < _EPS64:
         return np.eye(3, dtype=F32)
     c, s = np.cos(theta), np.sin(theta)
@@ -225,7 +225,7 @@ def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
     u, _, vt = _svd(m)
     m = u @ vt
     r = _skew_vector_nb(m)
-    s = np.sqrt((r @ r) * 0.25)
+    s = math.sqrt((r @ r) * 0.25)                     # correctly rounded, as np.sqrt
     c = min(max((m[0, 0] + m[1, 1] + m[2, 2] - 1.0) * 0.5, -1.0), 1.0)
     theta = np.arccos(c)
     if s >= 1e-5:

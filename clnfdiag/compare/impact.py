@@ -3,9 +3,9 @@
 The candidate's value of the diverging stage is carried through the rest of
 the fit: the golden's pass is replayed from its own inputs (parameters
 entering the pass) with that one stage replaced, and every later stage and
-pass is computed by clnfdiag. The same replay without the replacement is the
-baseline, so what is measured is the effect of that stage alone (clnfdiag's
-own float-level differences from the C++ cancel out).
+pass is computed by clnfdiag. The same replay carrying the golden's value of
+the stage is the baseline, so what is measured is the effect of that stage's
+difference alone (clnfdiag's own float-level differences cancel out).
 """
 from __future__ import annotations
 
@@ -79,7 +79,9 @@ def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
         return {"mean_shifts_max_px": 0.0, "landmarks_max_px": 0.0}
     m = re.match(r"pass(\d+)/", stage_key)
     start = int(m.group(1)) if m else 0
-    base_lm, base_tr = _replay(case, fitter, start, {})
+    # Both replays carry the stage: the golden's value, then the candidate's, so the
+    # only difference between them is that stage's difference.
+    base_lm, base_tr = _replay(case, fitter, start, {stage_key: case.stage(stage_key)})
     cand_lm, cand_tr = _replay(case, fitter, start, {stage_key: np.asarray(candidate[stage_key])})
     return {"mean_shifts_max_px": _first_mean_shift_diff(cand_tr, base_tr, stage_key),
             "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max())}
@@ -98,8 +100,8 @@ def _hierarchical_impact(case: GoldenCase, candidate: dict[str, np.ndarray], sta
     if stage_key == "hierarchical/landmarks_before":
         runs = [fitter.refine(gray, lm, g, loc) for lm in (before, candidate[stage_key])]
     else:
-        runs = [fitter.refine(gray, before, g, loc, overrides=ov)
-                for ov in ({}, {stage_key: np.asarray(candidate[stage_key])})]
+        runs = [fitter.refine(gray, before, g, loc, overrides={stage_key: np.asarray(v)})
+                for v in (case.stage(stage_key), candidate[stage_key])]
     moved = np.linalg.norm(runs[1][0] - runs[0][0], axis=-1).max()
     # Part fits have no mean-shift stage in the golden: only the landmarks are measured.
     return {"mean_shifts_max_px": 0.0, "landmarks_max_px": float(moved)}

@@ -180,7 +180,7 @@ def _pass_stages(case, k, scale, ws, clnf: CLNF, p, gray_f32, prev_g, prev_l, fa
             out[tag + "dxs"], out[tag + "dys"] = dxs, dys
             out[tag + "mean_shifts_ref"] = opt.mean_shift(
                 g_resp, st(tag + "dxs"), st(tag + "dys"), visible, g_sigma,
-                grid="no-kde-grid" not in faults)
+                grid="no-kde-grid" not in faults, double="float64" in faults)
             out[tag + "mean_shifts"] = opt.to_image_frame(st(tag + "mean_shifts_ref"), g_r2i, visible)
             jac = pdm.rigid_jacobian(l0, g0) if rigid else pdm.jacobian(l0, g0)
             jac[~np.concatenate([visible, visible])] = 0

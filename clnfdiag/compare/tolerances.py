@@ -306,6 +306,12 @@ def _read_floors(path: str, mtime_ns: int, size: int) -> dict[str, float]:
         raise GoldenError(f"malformed noise-floor file ({type(exc).__name__}: {exc})", p) from None
 
 
+#: Impact: a change of the first mean-shifts after a stage below this (px) is float32
+#: rounding, not an effect (rescaling a map, which cannot move a weighted centroid, moves
+#: the float result by up to 2e-5 px). Separate from the isolated tolerance of the
+#: ``mean_shifts`` stage, which is exact because clnfdiag reproduces it bit for bit.
+IMPACT_MEAN_SHIFT_PX = 1e-4
+
 #: The noise floor is one observed distance between two C++ builds. A third build as faithful
 #: as either can land that far from both on the other side, so an end-to-end fit is allowed
 #: twice the floor (by the triangle inequality) before it is called different.
