@@ -56,12 +56,15 @@ def test_toy_port_diverges_at_its_mean_shift(tmp_path):
     import json
 
     (case,) = json.loads((tmp_path / "c.json").read_text())["cases"]
-    # At iter00 every landmark sits at the window centre, on OpenFace's 0.1-px grid, where
-    # the exact kernel and the table agree; the toy differs from the first off-grid offset.
-    first = case["first_divergent_stage"]
-    assert first.startswith("pass0/rigid/iter") and first.endswith("/mean_shifts_ref"), first
-    it = int(first.split("/")[2][4:])
-    d = read_case(CASE).stage(f"pass0/rigid/iter{it:02d}/dxs")
+    # clnfdiag reproduces OpenFace's mean-shift bit for bit, so the isolated tolerance there
+    # is exact and the toy's double-precision sums already show at the first iteration;
+    # its real difference, the kernel, shows once the offsets leave the 0.1-px grid.
+    assert case["first_divergent_stage"] == "pass0/rigid/iter00/mean_shifts_ref"
+    ms = {s["stage"]: s["max_abs"] for s in case["stages"] if s["stage"].endswith("mean_shifts_ref")}
+    assert ms["pass0/rigid/iter00/mean_shifts_ref"] < 1e-4     # rounding only: on the grid
+    off_grid = [k for k, v in ms.items() if v > 1e-3]         # the kernel itself
+    assert off_grid, ms
+    d = read_case(CASE).stage(off_grid[0].replace("mean_shifts_ref", "dxs"))
     assert np.any(np.abs(d * 10 - np.round(d * 10)) > 1e-3)
 
 
