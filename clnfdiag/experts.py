@@ -16,6 +16,7 @@ their neuron weights in one batched GEMM; Sigma matrices are built once per
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -443,6 +444,51 @@ def _sum_neurons(e, two_alpha, out):  # pragma: no cover - compiled
                 out[i, b] = np.float32(np.float64(out[i, b]) + term)
 
 
+@_njit
+def _expf_sum_neurons(neg_act, two_alpha, out):  # pragma: no cover - compiled
+    """:func:`_sum_neurons` with ``e = expf(float(neg_act))`` computed in place.
+
+    A float32 ``math.exp`` is lowered by numba to the C library's ``expf``
+    (no SVML), which is what :func:`expf32` returns: used only when
+    :func:`_fused_expf_ok` confirmed that on this machine."""
+    v, n, nb = neg_act.shape
+    for i in range(v):
+        for b in range(nb):
+            out[i, b] = 0.0
+        for j in range(n):
+            ta = two_alpha[i, j]
+            src = neg_act[i, j]
+            for b in range(nb):
+                e = math.exp(np.float32(src[b]))
+                term = ta / (np.float64(e) + 1.0)
+                out[i, b] = np.float32(np.float64(out[i, b]) + term)
+
+
+@lru_cache(maxsize=1)
+def _fused_expf_ok() -> bool:
+    """True when numba's float32 ``math.exp`` is the C library's ``expf`` and
+    agrees with :func:`expf32` (correct rounding outside the hard band) on a
+    dense sample of the activation range, so :func:`_expf_sum_neurons` gives
+    the values of ``expf32`` + :func:`_sum_neurons` bit for bit."""
+    from .optimiser import _numba_expf_is_libm
+    if not _numba_expf_is_libm():
+        return False
+    x = np.linspace(-60.0, 60.0, 200_001).astype(np.float32)
+    got = np.empty((1, 1, x.size), np.float32)
+    _expf_each(x.reshape(1, 1, -1).astype(np.float64), got)
+    return bool(np.array_equal(got.reshape(-1), expf32(x)))
+
+
+@_njit
+def _expf_each(neg_act, out):  # pragma: no cover - compiled
+    """``out = expf(float(neg_act))`` elementwise (the exponential of :func:`_expf_sum_neurons`)."""
+    v, n, nb = neg_act.shape
+    for i in range(v):
+        for j in range(n):
+            for b in range(nb):
+                out[i, j, b] = math.exp(np.float32(neg_act[i, j, b]))
+
+
 def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray, two_alpha: np.ndarray,
                         dtype: type) -> np.ndarray:
     """The reference formulation of :func:`raw_response` (stacked im2col, batched
@@ -506,10 +552,16 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
     s = bank.raw_scratch(rh, rw)
     _ccnf_neg_activations(a, bank.weights, bank.height, bank.width, rh, rw,
                           s.cols, s.cols64, s.wsum, s.wsq, s.inv, s.acc, s.neg_act)
+    out = np.empty((v, rh, rw), np.float32)
+    ta = two_alpha if two_alpha.dtype == np.float64 and two_alpha.flags.c_contiguous \
+        else np.ascontiguousarray(two_alpha, np.float64)
+    if _fused_expf_ok():
+        # glibc's expf on the float activation, fused with the neuron sum.
+        _expf_sum_neurons(s.neg_act, ta, out.reshape(v, rh * rw))
+        return out
     # exp of a float in the C++ is glibc's expf, which is not always correctly rounded.
     s.exp[...] = expf32(s.neg_act.astype(np.float32))
-    out = np.empty((v, rh, rw), np.float32)
-    _sum_neurons(s.exp, np.ascontiguousarray(two_alpha, np.float64), out.reshape(v, rh * rw))
+    _sum_neurons(s.exp, ta, out.reshape(v, rh * rw))
     return out
 
 

@@ -228,6 +228,18 @@ def golden_only_arrays(view: CaseView) -> CaseArrays:
 
 # --------------------------------------------------------------------------- rendering helpers
 
+def _title(ax, text: str, loc: str = "left", fontsize: int = 8) -> None:
+    """An axes title as plain text just above the axes.
+
+    ``Axes.set_title`` re-measures every tick label on each draw to place the
+    title clear of them (a third of a plot's drawing time here); these titles
+    sit above axes whose top has no tick labels, so a fixed offset is enough.
+    """
+    x, ha = {"left": (0.0, "left"), "center": (0.5, "center")}[loc]
+    ax.text(x, 1.0, text, transform=ax.transAxes, ha=ha, va="bottom", fontsize=fontsize,
+            clip_on=False)
+
+
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
@@ -408,7 +420,7 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
             title += f"; {over} landmark(s) beyond"
         if n_zero:
             title += f"; {n_zero} exact (no bar)"
-        ax.set_title(title, fontsize=8, loc="left", pad=2)
+        _title(ax, title)
         ax.tick_params(axis="y", labelsize=7)
     fig.subplots_adjust(left=0.08, right=0.99, top=1 - header / fig.get_figheight(),
                         bottom=0.45 / fig.get_figheight(), hspace=0.45)
@@ -448,8 +460,8 @@ def plot_peak_ratios(view: CaseView) -> tuple[bytes | None, str | None]:
             ax.set_ylim(1 - d, 1 + d)
             ax.ticklabel_format(axis="y", useOffset=False, style="plain")
         n_off = int(np.sum(np.abs(allr - 1) > 1e-3))
-        ax.set_title(f"{MAP_TITLES[kind]} maps ({kind}): candidate peak / golden peak; "
-                     f"max |ratio-1| {fmt(dev)}; {n_off} value(s) off by > 0.1%", fontsize=8, loc="left", pad=2)
+        _title(ax, f"{MAP_TITLES[kind]} maps ({kind}): candidate peak / golden peak; "
+                     f"max |ratio-1| {fmt(dev)}; {n_off} value(s) off by > 0.1%")
         _region_axis(ax, n)
         ax.tick_params(axis="y", labelsize=7)
         ax.legend(fontsize=6, loc="upper right", ncol=len(per_pass), framealpha=0.6)
@@ -494,9 +506,9 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
             if centre is not None and r < len(centre) and np.isfinite(centre[r]).all():
                 ax.plot(centre[r][0], centre[r][1], mk, color=colour, ms=9, mew=1.6)
         gp, cp = float(np.abs(g).max()), float(np.abs(c).max())
-        ax_g.set_title(f"lm {lm} ({region_of(lm)}) golden\npeak {fmt(gp)}", fontsize=8)
-        ax_c.set_title(f"candidate\npeak {fmt(cp)} (ratio {fmt(cp / gp if gp else math.nan)})", fontsize=8)
-        ax_d.set_title(f"candidate \u2212 golden\nmax |diff| {fmt(dmax)}", fontsize=8)
+        _title(ax_g, f"lm {lm} ({region_of(lm)}) golden\npeak {fmt(gp)}", "center")
+        _title(ax_c, f"candidate\npeak {fmt(cp)} (ratio {fmt(cp / gp if gp else math.nan)})", "center")
+        _title(ax_d, f"candidate \u2212 golden\nmax |diff| {fmt(dmax)}", "center")
         for ax in (ax_g, ax_c, ax_d):
             ax.set_xticks([])
             ax.set_yticks([])
