@@ -145,9 +145,22 @@ STAGE_MEANINGS = StageMeanings((
 ))
 
 
+_PART_STAGE = re.compile(r"^hierarchical/([^/]+)/((?:pass\d+|init|final)/.+)$")
+
+
 def stage_meaning(key: str) -> str | None:
-    """One-line meaning of a stage key from FORMAT.md, or None if the key is not documented."""
-    return STAGE_MEANINGS.get(key)
+    """One-line meaning of a stage key from FORMAT.md, or None if the key is not documented.
+
+    A part model's own fit is traced under ``hierarchical/<part>/`` with the
+    main model's keys (``hierarchical/inner/pass0/response``): those take the
+    main key's meaning, marked with the part.
+    """
+    meaning = STAGE_MEANINGS.get(key)
+    if meaning is None:
+        m = _PART_STAGE.match(key)
+        if m and STAGE_MEANINGS.get(m.group(2)):
+            meaning = f"{STAGE_MEANINGS.get(m.group(2))} (part model {m.group(1)})"
+    return meaning
 
 
 # --------------------------------------------------------------------------- reading
@@ -688,7 +701,7 @@ def write_case(
             key: {
                 "shape": list(arr.shape),
                 "dtype": str(arr.dtype),
-                "meaning": meanings.get(key) or STAGE_MEANINGS.get(key, "not described in FORMAT.md"),
+                "meaning": meanings.get(key) or stage_meaning(key) or "not described in FORMAT.md",
             }
             for key, arr in arrays.items()
         },

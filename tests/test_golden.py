@@ -281,3 +281,9 @@ def test_damaged_npz_member_is_reported(case_copy):
     with pytest.raises(GoldenError) as info:
         read_case(case_copy)
     assert str(info.value).startswith(f"{path} (")
+
+
+def test_part_model_stages_take_the_main_meaning():
+    m = stage_meaning("hierarchical/left_eye_28/pass1/rigid/iter02/mean_shifts")
+    assert m is not None and "mean-shift" in m and "left_eye_28" in m
+    assert stage_meaning("hierarchical/left_eye_28/pass1/nonsense") is None
