@@ -24,8 +24,10 @@ import numba
 import numpy as np
 
 from .models.pdm_file import PDMData, read_pdm
-from .optimiser import hessian_sgemm
-from .rotation import (_det, _euler_matrix_nb, _svd, axis_angle_to_euler,
+from .optimiser import _fma_chain_sym_nb
+from .rotation import (_EPS64, _det, _euler_matrix_nb, _half_turn_axis, _in_range_nb,
+                       _quaternion_terms_nb, _rodrigues_matrix_nb, _scaled_f32_nb,
+                       _skew_vector_nb, _svd, axis_angle_to_euler,
                        euler_to_rotation_matrix, rotation_matrix_to_axis_angle)
 
 F32 = np.float32
@@ -106,6 +108,21 @@ def _matmul33_nb(a, b):
     for i in range(3):
         for j in range(3):
             out[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
+    return out
+
+
+@_njit
+def _translate_diff_nb(xy, g, target, target_minus):
+    """(2n, 1) float32 ``target - p`` (or ``p - target``) of the stacked
+    ``p = [xy[:, 0] + t_x, xy[:, 1] + t_y]`` (float32 additions, as the numpy
+    ``xy[:, k] += g[4 + k]`` followed by the stacking and the subtraction)."""
+    n = xy.shape[0]
+    out = np.empty((2 * n, 1), dtype=np.float32)
+    for k in range(2):
+        t = g[4 + k]
+        for i in range(n):
+            p = xy[i, k] + t
+            out[k * n + i, 0] = target[k * n + i, 0] - p if target_minus else p - target[k * n + i, 0]
     return out
 
 
@@ -313,64 +330,88 @@ class PDM:
         return sub._fit_landmarks(lm[visible], _as_f32(rotation, (3,)), max_iter)
 
     def _subset(self, keep: np.ndarray) -> "PDM":
-        """Model restricted to the landmarks in ``keep`` (eigenvalues unchanged)."""
+        """Model restricted to the landmarks in ``keep`` (eigenvalues unchanged).
+
+        Cached per mask (the part models see the same missing points every call)."""
         if np.all(keep):
             return self
-        mean = self._mean_xyz[:, keep].reshape(-1)
-        pcs = self._pc_xyz[:, keep, :].reshape(-1, self.n_modes)
-        return PDM(PDMData(mean, pcs, self.eigen_values, self.data.path))
+        cache = self.__dict__.setdefault("_subset_cache", {})
+        key = keep.tobytes()
+        sub = cache.get(key)
+        if sub is None:
+            mean = self._mean_xyz[:, keep].reshape(-1)
+            pcs = self._pc_xyz[:, keep, :].reshape(-1, self.n_modes)
+            sub = PDM(PDMData(mean, pcs, self.eigen_values, self.data.path))
+            cache[key] = sub
+        return sub
+
+    def _fit_constants(self):
+        """Per-model constants of :meth:`_fit_landmarks`, computed once: the
+        regularisation diagonal (zeros for the globals), its local block as a
+        float32 matrix, the mean as a column and the mean shape's box at unit scale."""
+        consts = self.__dict__.get("_fit_consts")
+        if consts is None:
+            m = self.n_modes
+            reg = np.zeros(6 + m, dtype=F32)
+            reg[6:] = F32(1) / self.eigen_values
+            reg_modes = np.diag(reg[6:]).astype(F32)
+            mean_col = self.mean_shape.reshape(-1, 1)
+            model_box = self.calc_bounding_box(np.array([1, 0, 0, 0, 0, 0], dtype=F32))
+            consts = self._fit_consts = (reg, reg_modes, mean_col, model_box)
+        return consts
 
     def _fit_landmarks(self, lm: np.ndarray, rotation: np.ndarray,
                        max_iter: int) -> tuple[np.ndarray, np.ndarray]:
         # Operation by operation as PDM::CalcParams; where the C++ uses an OpenCV
         # matrix expression the same OpenCV function runs here (cv2.gemm, cv2.solve).
-        n, m = self.n_points, self.n_modes
+        # The rotation matrix of the current global parameters is computed once
+        # per parameter value (the same np.sin/np.cos and float32 products as
+        # euler_to_rotation_matrix) and shared by the projections and the Jacobian.
+        n = self.n_points
+        reg, reg_modes, mean_col, model_box = self._fit_constants()
         target = np.concatenate([lm[:, 0], lm[:, 1]]).reshape(-1, 1)
         lo, hi = lm.min(axis=0), lm.max(axis=0)
         width, height = np.abs(lo[0] - hi[0]), np.abs(lo[1] - hi[1])
-        model_box = self.calc_bounding_box(np.array([1, 0, 0, 0, 0, 0], dtype=F32))
         scaling = (width / model_box[2] + height / model_box[3]) / F32(2)
         centre = (lo + hi) / F32(2)
         glob = np.array([scaling, *rotation, centre[0], centre[1]], dtype=F32)
         loc = self.zero_local()
-        reg = np.zeros(6 + m, dtype=F32)
-        reg[6:] = F32(1) / self.eigen_values
-        reg_modes = np.diag(reg[6:]).astype(F32)
-        mean_col = self.mean_shape.reshape(-1, 1)
+        princ_comp, pc_xyz = self.princ_comp, self._pc_xyz
+        mean64, pc64 = self._mean_xyz64, self._pc_xyz64
 
-        def shape_3d(p_local):
-            # ``M + V * p``: one OpenCV gemm (beta = 1), not the sgemm of CalcShape3D.
-            return cv2.gemm(self.princ_comp, p_local.reshape(-1, 1), 1.0, mean_col, 1.0
-                            ).reshape(3, n)
+        def rotation_of(g):
+            e = g[1:4]
+            return _euler_matrix_nb(np.sin(e), np.cos(e))
 
-        def project(xyz, g):
-            # ``s * X^T * R_2D^T`` as one gemm (alpha = s), then the translation.
-            rot_2d = np.ascontiguousarray(euler_to_rotation_matrix(g[1:4])[:2])
-            xy = cv2.gemm(xyz, rot_2d, float(g[0]), None, 0.0,
-                          flags=cv2.GEMM_1_T | cv2.GEMM_2_T)
-            xy[:, 0] += g[4]
-            xy[:, 1] += g[5]
-            return np.ascontiguousarray(xy.T).reshape(-1, 1)
+        def project_gemm(xyz, rot, g):
+            # ``s * X^T * R_2D^T`` as one gemm (alpha = s); the translation is
+            # added by the caller's kernel.
+            return cv2.gemm(xyz, rot[:2], float(g[0]), None, 0.0,
+                            flags=cv2.GEMM_1_T | cv2.GEMM_2_T)
 
+        rot = rotation_of(glob)
         # The starting error uses CalcShape2D's explicit float loop.
-        curr_error = _norm(_stack_xy(_project(self._shape_3d_xyz(loc), glob)) - target[:, 0])
+        xyz0 = (mean64 + pc64 @ loc.astype(np.float64)).astype(F32)
+        curr_error = _norm(_stack_xy(_project_nb(xyz0, rot, glob).T.copy()) - target[:, 0])
         not_improved = 0
         for _ in range(max_iter):
-            xyz = shape_3d(loc)
-            resid = target - project(xyz, glob)
-            jac = self.jacobian(loc, glob)
+            # ``M + V * p``: one OpenCV gemm (beta = 1), not the sgemm of CalcShape3D.
+            xyz = cv2.gemm(princ_comp, loc.reshape(-1, 1), 1.0, mean_col, 1.0).reshape(3, n)
+            resid = _translate_diff_nb(project_gemm(xyz, rot, glob), glob, target, True)
+            xyz_j = (mean64 + pc64 @ loc.astype(np.float64)).astype(F32)
+            jac = _jacobian_nb(xyz_j, rot, glob[0], pc_xyz, True)
             rhs = cv2.gemm(jac, resid, 1.0, None, 0.0, flags=cv2.GEMM_1_T)
             # ``rhs - R p`` is one gemm expression: exact products, one rounding.
             rhs[6:] = cv2.gemm(reg_modes, loc.reshape(-1, 1), -1.0, rhs[6:].copy(), 1.0)
-            hessian = hessian_sgemm(jac, jac, reg)
+            hessian = _fma_chain_sym_nb(jac, reg, True)
             ok, delta = cv2.solve(hessian, rhs, flags=cv2.DECOMP_CHOLESKY)
             if not ok:
                 delta = np.zeros_like(rhs)
             delta = delta.reshape(-1) * F32(0.75)
-            loc, glob = self.update_parameters(delta, loc, glob)
+            loc, glob, rot = _update_fit_params(delta, loc, glob)
             # OpenFace measures the new error with the *previous* 3D shape (local
             # parameters not re-applied): kept as is, it steers when the loop stops.
-            error = _norm((project(xyz, glob) - target)[:, 0])
+            error = _norm(_translate_diff_nb(project_gemm(xyz, rot, glob), glob, target, False)[:, 0])
             if 0.999 * float(curr_error) < float(error):
                 not_improved += 1
                 if not_improved == 3:
@@ -495,6 +536,50 @@ class PDM:
 
 
 # ---------------------------------------------------------------- helpers
+def _update_fit_params(dp, loc, g0):
+    """:meth:`PDM.update_parameters` for contiguous float32 ``dp`` (6 + m,),
+    ``loc`` (m,), ``g0`` (6,), with the rotation helpers inlined (the same numpy,
+    LAPACK and compiled calls on the same arrays, without the argument
+    conversions); also returns the rotation matrix of the new parameters
+    (``euler_to_rotation_matrix(g[1:4])``)."""
+    g, small = _update_start_nb(dp, g0)
+    e = g[1:4]
+    rot = _euler_matrix_nb(np.sin(e), np.cos(e))
+    u, _, vt = _svd(small.astype(np.float64))
+    d = _det(u @ vt)
+    orth = (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
+    # rotation_matrix_to_axis_angle(rot @ orth)
+    m = _matmul33_nb(rot, orth).astype(np.float64)
+    if not _in_range_nb(m):
+        aa = np.zeros(3, dtype=F32)
+    else:
+        u, _, vt = _svd(m)
+        m = u @ vt
+        r = _skew_vector_nb(m)
+        s = math.sqrt((r @ r) * 0.25)
+        c = min(max((m[0, 0] + m[1, 1] + m[2, 2] - 1.0) * 0.5, -1.0), 1.0)
+        theta = np.arccos(c)
+        if s >= 1e-5:
+            aa = _scaled_f32_nb(r, float(theta / (2.0 * s)))
+        elif c > 0:
+            aa = np.zeros(3, dtype=F32)
+        else:
+            aa = _half_turn_axis(m, theta).astype(F32)
+    # axis_angle_to_euler(aa) = rotation_matrix_to_euler(axis_angle_to_rotation_matrix(aa))
+    r = aa.astype(np.float64)
+    theta = math.sqrt(r @ r)
+    if theta < _EPS64:
+        rm = np.eye(3, dtype=F32)
+    else:
+        rm = _rodrigues_matrix_nb(float(np.cos(theta)), float(np.sin(theta)), r / theta)
+    t = _quaternion_terms_nb(rm)
+    euler = np.array([np.arctan2(t[1], t[2]), np.arcsin(t[0]), np.arctan2(t[3], t[4])], dtype=F32)
+    e0, e1, e2 = euler.tolist()
+    g[1:4] = 0 if (math.isnan(e0) or math.isnan(e1) or math.isnan(e2)) else euler
+    e = g[1:4]
+    return loc + dp[6:6 + loc.shape[0]], g, _euler_matrix_nb(np.sin(e), np.cos(e))
+
+
 def _project(xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
     """(2, n) float32 weak-perspective projection of (3, n) model points.
 
