@@ -27,11 +27,9 @@ SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from response_errors import case_dirs  # noqa: E402
+from response_errors import case_dirs, main_experts  # noqa: E402
 
-from clnfdiag.errors import ClnfdiagError  # noqa: E402
-from clnfdiag.experts import PatchExperts, shift_response, sigma_response  # noqa: E402
-from clnfdiag.models import load_model  # noqa: E402
+from clnfdiag.experts import shift_response, sigma_response  # noqa: E402
 
 STAGES = (("raw", "response_raw"), ("sigma", "response_sigma"), ("response", "response"))
 
@@ -72,15 +70,10 @@ def main() -> int:
     ap.add_argument("--models", type=Path, default=None)
     ap.add_argument("--per-window", action="store_true", help="also break the figures down per window size")
     args = ap.parse_args()
-    models = args.models
-    if models is None and not os.environ.get("OPENFACE_MODELS_DIR"):
-        models = SHARED / "OpenFaceModels"
-    try:
-        model = load_model(models, parts=False)
-    except ClnfdiagError as err:
-        print(f"response_bits: {err}", file=sys.stderr)
+    loaded = main_experts(args.models, "response_bits")
+    if loaded is None:
         return 2
-    experts = PatchExperts(model.main.scales)
+    experts, model_dir = loaded
     parents = args.parents or [REPO / "golden", SHARED / "golden", SHARED / "golden-hierarchical"]
     cases, dup = case_dirs(parents)
 
@@ -116,7 +109,7 @@ def main() -> int:
 
     print("CCNF responses vs C++ goldens: bit-identical values (and whole maps), worst error / peak")
     print(f"{len(cases)} cases ({dup} byte-identical duplicates skipped), {n_passes} passes; "
-          f"models: {model.model_dir}")
+          f"models: {model_dir}")
     windows = sorted({w for (_, _, w) in tallies if w})
     for mode in ("chained", "isolated"):
         print()

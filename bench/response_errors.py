@@ -50,20 +50,29 @@ def case_dirs(parents: list[Path]) -> tuple[list[Path], int]:
     return out, dup
 
 
+def main_experts(models: Path | None, prog: str) -> tuple[PatchExperts, Path] | None:
+    """The main model's experts and model folder (``--models``, else
+    $OPENFACE_MODELS_DIR, else ../shared), or None after printing the one-line
+    error (the caller exits 2)."""
+    if models is None and not os.environ.get("OPENFACE_MODELS_DIR"):
+        models = SHARED / "OpenFaceModels"
+    try:
+        model = load_model(models, parts=False)
+        return PatchExperts(model.main.scales), model.model_dir
+    except ClnfdiagError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("parents", nargs="*", type=Path)
     ap.add_argument("--models", type=Path, default=None)
     args = ap.parse_args()
-    models = args.models
-    if models is None and not os.environ.get("OPENFACE_MODELS_DIR"):
-        models = SHARED / "OpenFaceModels"
-    try:
-        model = load_model(models, parts=False)
-    except ClnfdiagError as err:
-        print(f"response_errors: {err}", file=sys.stderr)
+    loaded = main_experts(args.models, "response_errors")
+    if loaded is None:
         return 2
-    experts = PatchExperts(model.main.scales)
+    experts, model_dir = loaded
     parents = args.parents or [REPO / "golden", SHARED / "golden", SHARED / "golden-hierarchical"]
     cases, dup = case_dirs(parents)
 
@@ -99,7 +108,7 @@ def main() -> int:
     print("CCNF responses vs C++ goldens: max|ours - golden| / landmark's golden peak "
           f"(visible landmarks; target <= {TOL:g})")
     print(f"{len(cases)} cases ({dup} byte-identical duplicates skipped), {n_passes} passes, "
-          f"{n_maps} landmark maps per stage; models: {model.model_dir}")
+          f"{n_maps} landmark maps per stage; models: {model_dir}")
     print()
     print(f"{'stage':<16}{'worst':>10}  where")
     for _, key in STAGES:

@@ -28,9 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 sys.path.insert(0, str(REPO))
 
-from clnfdiag.errors import ClnfdiagError  # noqa: E402
-from clnfdiag.experts import PatchExperts, raw_response, shift_response, sigma_response  # noqa: E402
-from clnfdiag.models import load_model  # noqa: E402
+from clnfdiag.experts import raw_response, shift_response, sigma_response  # noqa: E402
+from response_errors import main_experts  # noqa: E402
 
 
 def golden_passes() -> dict[int, tuple[str, np.ndarray, int, int]]:
@@ -70,15 +69,10 @@ def main() -> int:
     args = ap.parse_args()
     runs = max(args.runs, 20)
     cv2.setNumThreads(1)
-    models = args.models
-    if models is None and not os.environ.get("OPENFACE_MODELS_DIR"):
-        models = SHARED / "OpenFaceModels"
-    try:
-        model = load_model(models, parts=False)
-    except ClnfdiagError as err:
-        print(f"response_speed: {err}", file=sys.stderr)
+    loaded = main_experts(args.models, "response_speed")
+    if loaded is None:
         return 2
-    experts = PatchExperts(model.main.scales)
+    experts, model_dir = loaded
     cases = golden_passes()
 
     print(f"CCNF responses of all visible landmarks for one (scale, view); median of {runs} runs")
