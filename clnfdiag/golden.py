@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import GoldenError
+from .errors import ClnfdiagError, GoldenError
 from .models.locate import sha256_file
 
 FORMAT = "clnfdiag-golden/1"
@@ -345,16 +345,21 @@ class GoldenCase:
         return sorted(found)
 
 
+def read_json(path: Path, error: type[ClnfdiagError] = GoldenError, missing: str = "missing") -> Any:
+    """Parse a JSON file, or raise ``error`` naming the file and, for bad JSON, line and column."""
+    if not path.is_file():
+        raise error(missing, path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"not UTF-8 text ({exc.reason})", path) from None
+    except json.JSONDecodeError as exc:
+        raise error(f"invalid JSON: {exc.msg}", path, f"line {exc.lineno}, column {exc.colno}") from None
+
+
 def _load_manifest(case_dir: Path) -> dict:
     path = case_dir / MANIFEST
-    if not path.is_file():
-        raise GoldenError("missing", path)
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise GoldenError(f"not UTF-8 text ({exc.reason})", path) from None
-    except json.JSONDecodeError as exc:
-        raise GoldenError(f"invalid JSON: {exc.msg}", path, f"line {exc.lineno}, column {exc.colno}") from None
+    manifest = read_json(path)
     if not isinstance(manifest, dict):
         raise GoldenError("top level is not a JSON object", path)
     _check_manifest(manifest, path)

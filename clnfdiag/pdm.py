@@ -172,11 +172,11 @@ class PDM:
 
     @property
     def n_points(self) -> int:
-        return self.mean_shape.shape[0] // 3
+        return self.data.n_points
 
     @property
     def n_modes(self) -> int:
-        return self.princ_comp.shape[1]
+        return self.data.n_modes
 
     def zero_local(self) -> np.ndarray:
         """(m,) float32 zeros: the local parameters of the mean shape."""

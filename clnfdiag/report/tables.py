@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
-from ..golden import json_default
+from ..golden import json_default, read_json
 
 #: Face regions of the 68-point iBUG scheme: name -> landmark range (inclusive start, exclusive end).
 REGIONS: dict[str, tuple[int, int]] = {
@@ -214,14 +214,7 @@ def load_summary(path: str | Path) -> dict:
         Missing file, invalid JSON or not a comparator JSON.
     """
     path = Path(path)
-    if not path.is_file():
-        raise InputError("no such file", path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise InputError(f"not UTF-8 text ({exc.reason})", path) from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg}", path, f"line {exc.lineno}, column {exc.colno}") from None
+    data = read_json(path, InputError, "no such file")
     if not (isinstance(data, list) or (isinstance(data, dict) and ("cases" in data or "case" in data))):
         raise InputError("not a comparison summary (expected {\"cases\": [...], \"summary\": {...}})", path)
     try:
