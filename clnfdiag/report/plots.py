@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection, PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
@@ -228,38 +229,22 @@ def golden_only_arrays(view: CaseView) -> CaseArrays:
 
 # --------------------------------------------------------------------------- rendering helpers
 
-def _title(ax, text: str, loc: str = "left", fontsize: int = 8) -> None:
-    """An axes title as plain text just above the axes.
-
-    ``Axes.set_title`` re-measures every tick label on each draw to place the
-    title clear of them (a third of a plot's drawing time here); these titles
-    sit above axes whose top has no tick labels, so a fixed offset is enough.
-    """
-    x, ha = {"left": (0.0, "left"), "center": (0.5, "center")}[loc]
-    ax.text(x, 1.0, text, transform=ax.transAxes, ha=ha, va="bottom", fontsize=fontsize,
-            clip_on=False)
+#: zlib level of the PNGs: 3 compresses the photo plot about 3x faster than Pillow's default 6, and
+#: dropping the (opaque) alpha channel more than makes up for the size.
+PNG_COMPRESS_LEVEL = 3
 
 
 def _png(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
+    """The figure as RGB PNG bytes at :data:`DPI`."""
+    from PIL import Image  # a matplotlib dependency
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(DPI)
+    canvas.draw()
+    rgb = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI)
+    Image.fromarray(rgb).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
-
-
-def _region_axis(ax, n: int, labels: bool = True) -> None:
-    """Landmark x axis with face-region bands (and region labels when ``labels``)."""
-    ax.set_xlim(-0.7, n - 0.3)
-    for name, (lo, hi) in REGIONS.items():
-        if lo >= n:
-            break
-        ax.axvspan(lo - 0.5, min(hi, n) - 0.5, color=REGION_COLOURS[name], alpha=0.07, lw=0)
-    ticks = [lo for lo, _ in REGIONS.values() if lo < n]
-    ax.set_xticks(ticks)
-    if labels:
-        ax.set_xticklabels([f"{lo}\n{name}" for name, (lo, _) in REGIONS.items() if lo < n], fontsize=7)
-    else:
-        ax.set_xticklabels([])
 
 
 def _nice_factor(x: float) -> float:
@@ -273,11 +258,123 @@ def _nice_factor(x: float) -> float:
     return float(e)
 
 
-def _log_limits(ax, values: list[np.ndarray], lines: list[float]) -> None:
-    pos = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values] + [np.array([l for l in lines if l > 0])])
-    if pos.size:
-        lo, hi = pos.min(), pos.max()
-        ax.set_ylim(max(lo / 3, LOG_FLOOR), hi * 3)
+# --------------------------------------------------------------------------- cheap drawing on one Axes
+#
+# Every Axes (and every tick of it) costs matplotlib a lot of set-up and layout time. The
+# multi-panel plots below are therefore drawn on ONE Axes spanning the whole figure whose data
+# units are inches (x to the right, y downwards): panels, strips, colour bars and labels are
+# placed by hand, values mapped to strip coordinates here, and each kind of mark is a single
+# collection for the whole figure.
+
+def _inch_canvas(width: float, height: float) -> tuple[Figure, Any]:
+    """A figure and one frameless Axes over all of it, data units = inches from the top left."""
+    fig = Figure(figsize=(width, height))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    ax.set_xlim(0, width)
+    ax.set_ylim(height, 0)
+    ax.set_autoscale_on(False)
+    return fig, ax
+
+
+def _frames(ax, boxes: list[tuple[float, float, float, float]], lw: float = 0.8) -> None:
+    """Black outlines of (x0, y0, x1, y1) boxes."""
+    if boxes:
+        ax.add_collection(PolyCollection([[(a, b), (c, b), (c, d), (a, d)] for a, b, c, d in boxes],
+                                         facecolors="none", edgecolors="black", linewidths=lw), autolim=False)
+
+
+def _nice_decimals(step: float) -> int:
+    return max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+
+
+@dataclass
+class _Scale:
+    """Value -> fraction (0 bottom .. 1 top) of a strip, log or linear, with its tick values."""
+
+    lo: float
+    hi: float
+    log: bool
+
+    def frac(self, v: np.ndarray) -> np.ndarray:
+        v = np.asarray(v, np.float64)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            if self.log:
+                f = (np.log10(v) - math.log10(self.lo)) / (math.log10(self.hi) - math.log10(self.lo))
+            else:
+                f = (v - self.lo) / (self.hi - self.lo)
+        return f
+
+    def ticks(self) -> list[tuple[float, str]]:
+        if self.log:
+            e0, e1 = math.ceil(math.log10(self.lo) - 1e-9), math.floor(math.log10(self.hi) + 1e-9)
+            vals = [10.0 ** e for e in range(e0, e1 + 1)]
+            if len(vals) > 4:  # like LogLocator(numticks=4): every k-th decade
+                k = math.ceil(len(vals) / 4)
+                vals = [10.0 ** e for e in range(e0, e1 + 1) if (e - e0) % k == 0]
+            if len(vals) < 2:
+                vals = sorted({m * 10.0 ** e for e in range(e0 - 1, e1 + 1) for m in (1, 2, 5)
+                               if self.lo <= m * 10.0 ** e <= self.hi})
+            return [(v, f"{v:g}") for v in vals]
+        vals = [v for v in MaxNLocator(5).tick_values(self.lo, self.hi) if self.lo - 1e-12 <= v <= self.hi + 1e-12]
+        dec = _nice_decimals(vals[1] - vals[0]) if len(vals) > 1 else 3
+        return [(v, f"{v:.{dec}f}") for v in vals]
+
+
+class _Strips:
+    """Stacked strips sharing one landmark x axis, drawn on an inch canvas."""
+
+    def __init__(self, n: int, n_strips: int, *, width: float = 8.0, header: float = 0.3, strip: float = 0.85,
+                 gap: float = 0.35, bottom: float = 0.45, left: float = 0.64, right: float = 0.08):
+        self.n, self.strip, self.gap = n, strip, gap
+        self.height = header + n_strips * strip + (n_strips - 1) * gap + bottom
+        self.fig, self.ax = _inch_canvas(width, self.height)
+        self.x0, self.x1 = left, width - right
+        self.top = header
+        self.tops = [header + j * (strip + gap) for j in range(n_strips)]
+        self._sx = (self.x1 - self.x0) / (n + 0.4)  # landmark axis from -0.7 to n - 0.3
+
+    def x(self, i: Any) -> Any:
+        """Canvas x of landmark position ``i``."""
+        return self.x0 + (np.asarray(i, np.float64) + 0.7) * self._sx
+
+    def y(self, j: int, frac: Any) -> np.ndarray:
+        """Canvas y of fraction ``frac`` of strip ``j`` (clipped to the strip)."""
+        return self.tops[j] + self.strip * (1 - np.clip(frac, 0, 1))
+
+    def decorate(self, scales: list[_Scale], titles: list[str], region_labels: bool = True) -> None:
+        """Region bands, frames, y ticks and labels, titles, region ticks and labels."""
+        ax, n = self.ax, self.n
+        bands, colours, frames, ticks = [], [], [], []
+        names = [(name, lo, hi) for name, (lo, hi) in REGIONS.items() if lo < n]
+        for j, (scale, title) in enumerate(zip(scales, titles)):
+            t, b = self.tops[j], self.tops[j] + self.strip
+            for name, lo, hi in names:
+                xa, xb = float(self.x(lo - 0.5)), float(self.x(min(hi, n) - 0.5))
+                bands.append([(xa, t), (xb, t), (xb, b), (xa, b)])
+                colours.append(REGION_COLOURS[name])
+            frames.append((self.x0, t, self.x1, b))
+            for v, label in scale.ticks():
+                yv = float(self.y(j, scale.frac(v)))
+                ticks.append([(self.x0 - 0.05, yv), (self.x0, yv)])
+                ax.text(self.x0 - 0.08, yv, label, fontsize=7, ha="right", va="center")
+            for _, lo, _ in names:
+                ticks.append([(float(self.x(lo)), b), (float(self.x(lo)), b + 0.05)])
+            ax.text(self.x0, t - 0.03, title, fontsize=8, ha="left", va="bottom")
+        ax.add_collection(PolyCollection(bands, facecolors=colours, alpha=0.07, linewidths=0), autolim=False)
+        _frames(ax, frames)
+        ax.add_collection(LineCollection(ticks, colors="black", linewidths=0.8), autolim=False)
+        if region_labels:
+            yb = self.tops[-1] + self.strip + 0.08
+            for name, lo, _ in names:
+                ax.text(float(self.x(lo)), yb, f"{lo}\n{name}", fontsize=7, ha="center", va="top",
+                        linespacing=1.15)
+
+    def hline(self, segs: list, j: int, scale: _Scale, value: float) -> None:
+        f = float(scale.frac(value))
+        if 0 <= f <= 1:
+            yv = float(self.y(j, f))
+            segs.append([(self.x0, yv), (self.x1, yv)])
 
 
 # --------------------------------------------------------------------------- (1) image + landmarks
@@ -373,7 +470,10 @@ _PLAIN_LOG = FuncFormatter(lambda v, _pos: f"{v:g}")
 
 
 def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
-    """Per-landmark error bars for each stage kind, landmarks grouped by face region, tolerance drawn."""
+    """Per-landmark error bars for each stage kind, landmarks grouped by face region, tolerance drawn.
+
+    One strip per stage kind (log scale each), all strips on one canvas sharing the landmark axis.
+    """
     kinds = _kind_errors(view)
     if not kinds:
         return None, "the JSON carries no per-landmark errors for this case"
@@ -389,48 +489,67 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
     exact_lines = textwrap.wrap("Equal to the golden (error 0) at every landmark: " + ", ".join(exact), 120) \
         if exact else []
     header = 0.3 + 0.16 * len(exact_lines)
-    fig = Figure(figsize=(8.0, header + 0.45 + 1.2 * max(len(shown_kinds), 1)))
-    if exact_lines:
-        fig.text(0.01, 1 - 0.08 / fig.get_figheight(), "\n".join(exact_lines), fontsize=8, va="top")
     if not shown_kinds:
-        fig.text(0.5, 0.5, "no per-landmark error anywhere", ha="center", va="center", fontsize=10)
+        fig, ax = _inch_canvas(8.0, header + 1.65)
+        if exact_lines:
+            ax.text(0.08, 0.08, "\n".join(exact_lines), fontsize=8, va="top")
+        ax.text(4.0, header + 0.8, "no per-landmark error anywhere", ha="center", va="center", fontsize=10)
         return _png(fig), None
-    axes = fig.subplots(len(shown_kinds), 1, squeeze=False)[:, 0]
-    for j, (ax, kind) in enumerate(zip(axes, shown_kinds)):
+    st = _Strips(n, len(shown_kinds), header=header)
+    ax = st.ax
+    if exact_lines:
+        ax.text(0.08, 0.08, "\n".join(exact_lines), fontsize=8, va="top")
+    bars, bar_colours, flat, steps_x, steps_y = [], [], [], [], []
+    scales, titles = [], []
+    for j, kind in enumerate(shown_kinds):
         d = kinds[kind]
         err = d["err"]
         thr = np.where(np.isfinite(d["thr"]), d["thr"], np.nan)
-        _log_limits(ax, [err], [float(t) for t in thr[np.isfinite(thr)]])
+        pos = np.concatenate([err[np.isfinite(err) & (err > 0)], thr[np.isfinite(thr) & (thr > 0)]])
+        lo, hi = (max(pos.min() / 3, LOG_FLOOR), pos.max() * 3) if pos.size else (LOG_FLOOR, 1.0)
+        scale = _Scale(lo, hi, log=True)
         # Exact zeros get no bar (log axis); the title counts them.
-        shown = np.where(np.isfinite(err) & (err > 0), err, np.nan)
-        n_zero = int(np.sum(err == 0))
-        ax.set_yscale("log")
-        # One LineCollection instead of 68 bar rectangles: the same picture, a fraction of the time.
-        ax.vlines(x, ax.get_ylim()[0], shown, colors=colours, linewidth=4.2)
+        ok = np.isfinite(err) & (err > 0)
+        base = float(st.y(j, 0.0))
+        tops = st.y(j, scale.frac(np.where(ok, err, lo)))
+        xs = st.x(x)
+        for i in np.flatnonzero(ok):
+            bars.append([(xs[i], base), (xs[i], tops[i])])
+            bar_colours.append(colours[i])
         if np.isfinite(thr).any():
             if np.nanmax(thr) - np.nanmin(thr) <= 1e-12 * max(np.nanmax(thr), 1e-300):
-                ax.axhline(np.nanmax(thr), color="red", lw=1, ls="--")
-            else:
-                ax.step(x, thr, where="mid", color="red", lw=1, ls="--")
+                st.hline(flat, j, scale, float(np.nanmax(thr)))
+            else:  # a step per landmark, broken between strips
+                ty = st.y(j, scale.frac(thr))
+                ty = np.where(np.isfinite(thr) & (thr > 0), ty, np.nan)
+                steps_x += list(np.repeat(st.x(np.arange(n + 1) - 0.5), 2)[1:-1]) + [np.nan]
+                steps_y += list(np.repeat(ty, 2)) + [np.nan]
         over = int(np.sum(err > np.nan_to_num(thr, nan=np.inf)))
-        _region_axis(ax, n, labels=j == len(shown_kinds) - 1)  # region names once, at the bottom
-        _log_ticks(ax)
+        n_zero = int(np.sum(err == 0))
         title = f"{kind}: worst of {d['n_stages']} stage(s), {d['unit']}; red dashed = tolerance"
         if over:
             title += f"; {over} landmark(s) beyond"
         if n_zero:
             title += f"; {n_zero} exact (no bar)"
-        _title(ax, title)
-        ax.tick_params(axis="y", labelsize=7)
-    fig.subplots_adjust(left=0.08, right=0.99, top=1 - header / fig.get_figheight(),
-                        bottom=0.45 / fig.get_figheight(), hspace=0.45)
-    return _png(fig), None
+        scales.append(scale)
+        titles.append(title)
+    st.decorate(scales, titles)
+    lw = min(4.2, 0.56 * st._sx * 72)  # bar width in points, kept inside a landmark's slot
+    ax.add_collection(LineCollection(bars, colors=bar_colours, linewidths=lw), autolim=False)
+    if flat:
+        ax.add_collection(LineCollection(flat, colors="red", linewidths=1, linestyles="--"), autolim=False)
+    if steps_x:
+        ax.plot(steps_x, steps_y, color="red", lw=1, ls="--")
+    return _png(fig=st.fig), None
 
 
 # --------------------------------------------------------------------------- (3) peak ratios
 
 def plot_peak_ratios(view: CaseView) -> tuple[bytes | None, str | None]:
-    """Candidate/golden peak ratio per landmark for the raw, post-Sigma and post-shift maps."""
+    """Candidate/golden peak ratio per landmark for the raw, post-Sigma and post-shift maps.
+
+    One strip per map stage on one canvas sharing the landmark axis; one legend for all strips.
+    """
     n = view.n_landmarks
     series = []
     for kind in MAP_STAGES:
@@ -440,37 +559,55 @@ def plot_peak_ratios(view: CaseView) -> tuple[bytes | None, str | None]:
             series.append((kind, per_pass))
     if not series:
         return None, "the JSON carries no peak ratios for this case"
-    fig = Figure(figsize=(8.0, 0.4 + 1.6 * len(series)))
-    axes = fig.subplots(len(series), 1, squeeze=False)[:, 0]
+    st = _Strips(n, len(series), header=0.42, strip=0.9, gap=0.4, left=0.72)
+    ax = st.ax
     markers = ["o", "s", "^", "D", "v"]
     x = np.arange(n)
-    for ax, (kind, per_pass) in zip(axes, series):
+    points: dict[int, tuple[list, list]] = {}
+    ones, scales, titles = [], [], []
+    for j, (kind, per_pass) in enumerate(series):
         allr = np.concatenate([r[np.isfinite(r)] for _, r in per_pass])
         pos = allr[allr > 0]
-        for j, (k, r) in enumerate(per_pass):
-            ax.plot(x, r, markers[j % len(markers)], ms=3, label=f"pass{k}", alpha=0.8)
-        ax.axhline(1.0, color="black", lw=0.8)
         dev = float(np.max(np.abs(allr - 1))) if allr.size else 0.0
         if pos.size and pos.max() / pos.min() > 1.5:
-            ax.set_yscale("log")
-            ax.set_ylim(min(pos.min(), 1) / 1.5, max(pos.max(), 1) * 1.5)
-            _log_ticks(ax)
+            scale = _Scale(min(pos.min(), 1) / 1.5, max(pos.max(), 1) * 1.5, log=True)
         else:
             d = max(1.2 * dev, 1e-4)
-            ax.set_ylim(1 - d, 1 + d)
-            ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+            scale = _Scale(1 - d, 1 + d, log=False)
+        for k, r in per_pass:
+            px, py = points.setdefault(k, ([], []))
+            f = scale.frac(np.where(r > 0, r, np.nan) if scale.log else r)
+            px += list(st.x(x)) + [np.nan]
+            py += list(np.where(np.isfinite(f), st.y(j, f), np.nan)) + [np.nan]
+        st.hline(ones, j, scale, 1.0)
         n_off = int(np.sum(np.abs(allr - 1) > 1e-3))
-        _title(ax, f"{MAP_TITLES[kind]} maps ({kind}): candidate peak / golden peak; "
-                     f"max |ratio-1| {fmt(dev)}; {n_off} value(s) off by > 0.1%")
-        _region_axis(ax, n)
-        ax.tick_params(axis="y", labelsize=7)
-        ax.legend(fontsize=6, loc="upper right", ncol=len(per_pass), framealpha=0.6)
-    fig.subplots_adjust(left=0.09, right=0.99, top=1 - 0.25 / fig.get_figheight(),
-                        bottom=0.45 / fig.get_figheight(), hspace=0.75)
-    return _png(fig), None
+        scales.append(scale)
+        titles.append(f"{MAP_TITLES[kind]} maps ({kind}): candidate peak / golden peak; "
+                      f"max |ratio-1| {fmt(dev)}; {n_off} value(s) off by > 0.1%")
+    st.decorate(scales, titles)
+    ax.add_collection(LineCollection(ones, colors="black", linewidths=0.8), autolim=False)
+    # Legend: one marker and name per pass, top right.
+    lx = st.x1 - 0.6 * len(points)
+    for j, (k, (px, py)) in enumerate(sorted(points.items())):
+        colour = f"C{j}"
+        ax.plot(px, py, markers[j % len(markers)], ms=3, color=colour, alpha=0.8)
+        ax.plot([lx + 0.6 * j], [0.12], markers[j % len(markers)], ms=3, color=colour, alpha=0.8)
+        ax.text(lx + 0.6 * j + 0.07, 0.12, f"pass{k}", fontsize=7, va="center", ha="left")
+    return _png(st.fig), None
 
 
 # --------------------------------------------------------------------------- (4) response maps
+
+def _colour_bar(ax, box: tuple[float, float, float, float], cmap: str, labels: list[str]) -> None:
+    """A cheap colour bar: a gradient image in ``box`` (x0, y0, x1, y1) and labels at its top,
+    (middle,) bottom."""
+    x0, y0, x1, y1 = box
+    ax.imshow(np.linspace(1, 0, 128)[:, None], cmap=cmap, vmin=0, vmax=1, extent=(x0, x1, y1, y0),
+              aspect="auto", interpolation="bilinear")
+    for k, label in enumerate(labels):
+        yv = y0 + (y1 - y0) * k / (len(labels) - 1)
+        ax.text(x1 + 0.05, yv, label, fontsize=6, ha="left", va="center")
+
 
 def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | None]:
     """Worst landmarks' maps: golden | candidate (shared scale) | difference, KDE centre marked."""
@@ -479,13 +616,13 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
     stage = arrays.map_stage
     lms = [int(i) for i in arrays.map_landmarks]
     rows = len(lms)
-    fig = Figure(figsize=(7.6, 0.85 + 2.2 * rows))
-    # golden | candidate | colour bar | gap | difference | colour bar
-    gs = fig.add_gridspec(rows, 6, width_ratios=[1, 1, 0.06, 0.32, 1, 0.06], left=0.02, right=0.93,
-                          top=1 - 0.85 / fig.get_figheight(), bottom=0.02, wspace=0.12, hspace=0.3)
+    fig, ax = _inch_canvas(7.6, 0.45 + 2.2 * rows)
+    s = 1.75                                      # side of a map panel (inches)
+    xg, xc, xd = 0.15, 0.15 + s + 0.12, 4.85      # golden | candidate | difference
+    cb_w = 0.11
+    frames, marks = [], {("+", "white"): ([], []), ("x", "white"): ([], []), ("+", "black"): ([], [])}
     for r, lm in enumerate(lms):
-        ax_g, ax_c, cax = fig.add_subplot(gs[r, 0]), fig.add_subplot(gs[r, 1]), fig.add_subplot(gs[r, 2])
-        ax_d, cax_d = fig.add_subplot(gs[r, 4]), fig.add_subplot(gs[r, 5])
+        y0 = 0.75 + 2.2 * r
         g = arrays.golden_maps[r].astype(np.float64)
         c = arrays.candidate_maps[r].astype(np.float64)
         diff = c - g
@@ -493,28 +630,36 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
         if vmax <= vmin:
             vmax = vmin + 1e-12
         dmax = float(np.abs(diff).max()) or 1e-12
-        ig = ax_g.imshow(g, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
-        ax_c.imshow(c, vmin=vmin, vmax=vmax, cmap="viridis", interpolation="nearest")
-        idf = ax_d.imshow(diff, vmin=-dmax, vmax=dmax, cmap="RdBu_r", interpolation="nearest")
-        for im, ca in ((ig, cax), (idf, cax_d)):
-            cb = fig.colorbar(im, cax=ca)
-            cb.ax.tick_params(labelsize=6)
-            cb.ax.yaxis.set_major_locator(MaxNLocator(4))
+        for xp, img, kw in ((xg, g, {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}),
+                            (xc, c, {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}),
+                            (xd, diff, {"vmin": -dmax, "vmax": dmax, "cmap": "RdBu_r"})):
+            ax.imshow(img, extent=(xp, xp + s, y0 + s, y0), aspect="auto", interpolation="nearest", **kw)
+            frames.append((xp, y0, xp + s, y0 + s))
+        cb1 = (xc + s + 0.1, y0, xc + s + 0.1 + cb_w, y0 + s)
+        cb2 = (xd + s + 0.1, y0, xd + s + 0.1 + cb_w, y0 + s)
+        _colour_bar(ax, cb1, "viridis", [f"{vmax:.3g}", f"{(vmin + vmax) / 2:.3g}", f"{vmin:.3g}"])
+        _colour_bar(ax, cb2, "RdBu_r", [f"{dmax:.3g}", "0", f"{-dmax:.3g}"])
+        frames += [cb1, cb2]
         c_centre = arrays.candidate_centre if arrays.candidate_centre is not None else arrays.golden_centre
-        for ax, centre, mk, colour in ((ax_g, arrays.golden_centre, "+", "white"), (ax_c, c_centre, "x", "white"),
-                                       (ax_d, arrays.golden_centre, "+", "black")):
-            if centre is not None and r < len(centre) and np.isfinite(centre[r]).all():
-                ax.plot(centre[r][0], centre[r][1], mk, color=colour, ms=9, mew=1.6)
+        h, w = g.shape
+        for xp, centre, key in ((xg, arrays.golden_centre, ("+", "white")), (xc, c_centre, ("x", "white")),
+                                (xd, arrays.golden_centre, ("+", "black"))):
+            if (centre is not None and r < len(centre) and np.isfinite(centre[r]).all()
+                    and -0.5 <= centre[r][0] <= w - 0.5 and -0.5 <= centre[r][1] <= h - 0.5):
+                marks[key][0].append(xp + (centre[r][0] + 0.5) / w * s)
+                marks[key][1].append(y0 + (centre[r][1] + 0.5) / h * s)
         gp, cp = float(np.abs(g).max()), float(np.abs(c).max())
-        _title(ax_g, f"lm {lm} ({region_of(lm)}) golden\npeak {fmt(gp)}", "center")
-        _title(ax_c, f"candidate\npeak {fmt(cp)} (ratio {fmt(cp / gp if gp else math.nan)})", "center")
-        _title(ax_d, f"candidate \u2212 golden\nmax |diff| {fmt(dmax)}", "center")
-        for ax in (ax_g, ax_c, ax_d):
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle(f"{stage}: worst landmarks. Golden and candidate share one colour scale; the difference "
-                 f"has its own.\n+ / x = KDE centre (dxs, dys) of the pass's first iteration, golden / candidate",
-                 fontsize=8, y=1 - 0.05 / fig.get_figheight(), va="top")
+        for xp, text in ((xg, f"lm {lm} ({region_of(lm)}) golden\npeak {fmt(gp)}"),
+                         (xc, f"candidate\npeak {fmt(cp)} (ratio {fmt(cp / gp if gp else math.nan)})"),
+                         (xd, f"candidate \u2212 golden\nmax |diff| {fmt(dmax)}")):
+            ax.text(xp + s / 2, y0 - 0.04, text, fontsize=8, ha="center", va="bottom")
+    _frames(ax, frames)
+    for (mk, colour), (mx, my) in marks.items():
+        if mx:
+            ax.plot(mx, my, mk, color=colour, ms=9, mew=1.6, ls="none")
+    ax.text(3.8, 0.05, f"{stage}: worst landmarks. Golden and candidate share one colour scale; the difference "
+            f"has its own.\n+ / x = KDE centre (dxs, dys) of the pass's first iteration, golden / candidate",
+            fontsize=8, ha="center", va="top")
     return _png(fig), None
 
 
@@ -557,9 +702,18 @@ def plot_convergence(view: CaseView, rows: list[dict]) -> tuple[bytes | None, st
             ax.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
         ax.text(start, top, label, fontsize=7, va="bottom", ha="left")
     ax.set_xlim(-0.5, len(ordered) - 0.5)
-    ax.set_xticks(range(len(ordered)))
-    ax.set_xticklabels([str(r["iteration"]) for r in ordered], fontsize=6)
-    ax.set_xlabel("iteration within pass / phase", fontsize=7)
+    # A tick at every iteration (one collection), a label at 0, 5, 10, ... and at the last of each
+    # pass / phase: Axis ticks cost a Tick object and a text layout each.
+    ax.set_xticks([])
+    trans = ax.get_xaxis_transform()
+    ax.add_collection(LineCollection([[(i, 0), (i, -0.025)] for i in range(len(ordered))], colors="black",
+                                     linewidths=0.6, transform=trans, clip_on=False), autolim=False)
+    for i, r in enumerate(ordered):
+        last = i + 1 == len(ordered) or (ordered[i + 1]["pass"], ordered[i + 1]["phase"]) != (r["pass"], r["phase"])
+        if r["iteration"] % 5 == 0 or last:
+            ax.text(i, -0.04, str(r["iteration"]), fontsize=6, ha="center", va="top", transform=trans)
+    ax.text(0.5, -0.13, "iteration within pass / phase (labels at 0, 5, 10, ... and the last)", fontsize=7,
+            ha="center", va="top", transform=ax.transAxes)
     ax.set_ylabel("shape-change norm (px)", fontsize=7)
     ax.tick_params(axis="y", labelsize=7)
     ax.legend(fontsize=7, loc="lower left", framealpha=0.7)
