@@ -918,42 +918,102 @@ def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
     (k,) float32
         Zeros if the Hessian is not positive definite (as ``cv::solve``).
     """
-    J = np.array(J, dtype=F32, copy=True)
-    ms = np.asarray(mean_shifts, dtype=F32)
-    n = ms.shape[0]
-    k = J.shape[1]
-    if J.shape[0] != 2 * n:
-        raise ValueError(f"Jacobian has {J.shape[0]} rows, expected {2 * n}")
-    w = np.asarray(w_diag, dtype=F32).reshape(-1)
-    vis = _visible_mask(visible, n)
-    vis2 = np.concatenate([vis, vis])
-    J[~vis2] = 0
-    ms_vec = np.concatenate([ms[:, 0], ms[:, 1]])
-    ms_vec[~vis2] = 0
-    jw = J * w[:, None]                              # float products; rows = columns of J_w_t
-    rhs = (jw.astype(F64).T @ ms_vec.astype(F64)).astype(F32)
-    reg = np.zeros(k, dtype=F32)
-    if not rigid and regularise:
-        m = k - 6
-        reg[6:] = regularisation_diag(eigen_values, reg_factor)[:m]
-        p = np.asarray(params_local, dtype=F32).reshape(-1)[:m]
-        # ``J_w_t_m - R * p`` is one OpenCV gemm expression (alpha -1, beta 1):
-        # the exact products and the difference in double, one rounding.
-        rhs[6:] = (rhs[6:].astype(F64) - reg[6:].astype(F64) * p.astype(F64)).astype(F32)
+    k = np.shape(J)[1]
     if double:
-        # The ``float64`` known fault: a port that builds and solves the normal
-        # equations in double, as numpy does by default.
-        J64, w64 = J.astype(F64), w.astype(F64)
-        rhs64 = (J64 * w64[:, None]).T @ ms_vec.astype(F64)
-        reg64 = np.zeros(k)
-        if not rigid and regularise:
-            reg64[6:] = F64(reg_factor) / np.asarray(eigen_values, F64)[:k - 6]
-            rhs64[6:] -= reg64[6:] * np.asarray(params_local, F64).reshape(-1)[:k - 6]
-        h64 = (J64 * w64[:, None]).T @ J64 + np.diag(reg64)
-        return np.linalg.solve(h64, rhs64).astype(F32)
-    h = hessian_sgemm(jw, J, reg)
-    dp, _ok = cholesky_solve(h, rhs)
-    return dp
+        return _solve_update_double(J, w_diag, mean_shifts, params_local, eigen_values,
+                                    reg_factor, rigid, regularise, visible)
+    solver = UpdateSolver(w_diag, visible, np.asarray(eigen_values)[:max(k - 6, 0)], reg_factor,
+                          rigid, regularise)
+    return solver.solve(J, mean_shifts, params_local)
+
+
+class UpdateSolver:
+    """The NU-RLMS normal equations of one phase, with what its iterations share fixed once.
+
+    Weights, visibility and the regulariser do not change within a phase;
+    :meth:`solve` then does the per-iteration part of :func:`solve_update`.
+
+    Parameters
+    ----------
+    w_diag : (2n,) float32
+        Weight-matrix diagonal (:func:`weight_matrix_diag`).
+    visible : (n,) bool or int, or None
+    eigen_values : (m,) float32
+        PDM eigenvalues (ignored when ``rigid``).
+    reg_factor : float
+    rigid : bool
+    regularise : bool
+        False for the ``no-regularisation`` fault.
+    """
+
+    def __init__(self, w_diag, visible, eigen_values, reg_factor, rigid: bool,
+                 regularise: bool = True):
+        w = np.asarray(w_diag, dtype=F32).reshape(-1)
+        self.unit_w = bool(np.all(w == 1))            # J * 1 == J: J^T J, computed half
+        self.w_col = w[:, None]
+        vis = _visible_mask(visible, w.shape[0] // 2)
+        self.invisible = ~np.concatenate([vis, vis])
+        self.any_invisible = bool(self.invisible.any())
+        m = 0 if rigid else np.asarray(eigen_values).reshape(-1).shape[0]
+        self.reg = np.zeros(6 + m, dtype=F32)
+        self.subtract_reg = not rigid and regularise
+        if self.subtract_reg:
+            self.reg[6:] = regularisation_diag(eigen_values, reg_factor)[:m]
+
+    def solve(self, J, mean_shifts, params_local) -> np.ndarray:
+        """``delta_p`` for one iteration (see :func:`solve_update`).
+
+        Parameters
+        ----------
+        J : (2n, k) float32
+            Jacobian; k must be 6 (rigid) or 6 + m.
+        mean_shifts : (n, 2) float32
+            Image-frame mean-shifts.
+        params_local : (m,) float32
+
+        Returns
+        -------
+        (k,) float32
+        """
+        J = np.asarray(J, dtype=F32)
+        ms = np.asarray(mean_shifts, dtype=F32)
+        if J.shape != (2 * ms.shape[0], self.reg.shape[0]):
+            raise ValueError(f"Jacobian is {J.shape}, expected {(2 * ms.shape[0], self.reg.shape[0])}")
+        ms_vec = np.concatenate([ms[:, 0], ms[:, 1]])
+        if self.any_invisible:
+            J = J.copy()
+            J[self.invisible] = 0
+            ms_vec[self.invisible] = 0
+        jw = J if self.unit_w else J * self.w_col    # float products; rows = columns of J_w_t
+        rhs = (jw.astype(F64).T @ ms_vec.astype(F64)).astype(F32)
+        if self.subtract_reg:
+            # ``J_w_t_m - R * p`` is one OpenCV gemm expression (alpha -1, beta 1):
+            # the exact products and the difference in double, one rounding.
+            _rhs_reg_nb(rhs, self.reg[6:], np.asarray(params_local, dtype=F32).reshape(-1))
+        dp, _ok = cholesky_solve(hessian_sgemm(jw, J, self.reg), rhs)
+        return dp
+
+
+def _solve_update_double(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
+                         rigid, regularise, visible) -> np.ndarray:
+    """The ``float64`` known fault: a port that builds and solves the normal
+    equations in double, as numpy does by default."""
+    J64 = np.asarray(J, dtype=F64).copy()
+    ms = np.asarray(mean_shifts, dtype=F32)
+    k = J64.shape[1]
+    vis = _visible_mask(visible, ms.shape[0])
+    vis2 = np.concatenate([vis, vis])
+    J64[~vis2] = 0
+    ms_vec = np.concatenate([ms[:, 0], ms[:, 1]]).astype(F64)
+    ms_vec[~vis2] = 0
+    w64 = np.asarray(w_diag, dtype=F32).reshape(-1).astype(F64)
+    rhs64 = (J64 * w64[:, None]).T @ ms_vec
+    reg64 = np.zeros(k)
+    if not rigid and regularise:
+        reg64[6:] = F64(reg_factor) / np.asarray(eigen_values, F64)[:k - 6]
+        rhs64[6:] -= reg64[6:] * np.asarray(params_local, F64).reshape(-1)[:k - 6]
+    h64 = (J64 * w64[:, None]).T @ J64 + np.diag(reg64)
+    return np.linalg.solve(h64, rhs64).astype(F32)
 
 
 # --------------------------------------------------------------------------- likelihood
@@ -1131,22 +1191,9 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
     rec.record("weights", w_diag, F32)
     grid = "no-kde-grid" not in faults
     regularise = "no-regularisation" not in faults
-    # Per phase, what every iteration's update shares (the values solve_update
-    # would compute each time): visibility rows, unit weights, regulariser.
     vis = _visible_mask(visible, pdm.n_points)
-    inv2 = ~np.concatenate([vis, vis])
-    any_invisible = bool(inv2.any())
-    fast = not ov and "float64" not in faults
-    if fast:
-        w32 = np.asarray(w_diag, dtype=F32).reshape(-1)
-        unit_w = bool(np.all(w32 == 1))              # J * 1 == J: use J itself (J^T J)
-        w_col = w32[:, None]
-        n_modes = pdm.n_modes
-        reg_full = np.zeros(6 if rigid else 6 + n_modes, dtype=F32)
-        if not rigid and regularise:
-            reg_full[6:] = regularisation_diag(pdm.eigen_values, reg_factor)[:n_modes]
-        reg_modes = reg_full[6:]
-        subtract_reg = not rigid and regularise
+    double = "float64" in faults
+    solver = UpdateSolver(w_diag, vis, pdm.eigen_values, reg_factor, rigid, regularise)
     previous = None
     dxs = dys = None
     updates = 0
@@ -1170,28 +1217,18 @@ def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_
             dys = np.asarray(ov.get(tag + "dys", dys), F32)
         ms_ref = ov.get(tag + "mean_shifts_ref")
         if ms_ref is None:
-            ms_ref = mean_shift(responses, dxs, dys, vis, sigma, grid=grid,
-                                double="float64" in faults)
+            ms_ref = mean_shift(responses, dxs, dys, vis, sigma, grid=grid, double=double)
         ms = ov.get(tag + "mean_shifts")
         if ms is None:
             ms = to_image_frame(ms_ref, sim_ref_to_img, vis)
-        if any_invisible:
-            jac[inv2] = 0
+        if solver.any_invisible:
+            jac[solver.invisible] = 0
         jac = ov.get(tag + "jacobian", jac)
         dp = ov.get(tag + "param_update")
-        if dp is None and fast and jac.shape[1] == reg_full.shape[0]:
-            # solve_update's arithmetic with the per-phase parts hoisted (jac's
-            # invisible rows are zero already, and so are ms's, from to_image_frame).
-            ms_vec = np.concatenate([ms[:, 0], ms[:, 1]])
-            jw = jac if unit_w else jac * w_col
-            rhs = (jw.astype(F64).T @ ms_vec.astype(F64)).astype(F32)
-            if subtract_reg:
-                _rhs_reg_nb(rhs, reg_modes, loc)
-            dp, _ok = cholesky_solve(hessian_sgemm(jw, jac, reg_full), rhs)
-        elif dp is None:
-            dp = solve_update(jac, w_diag, ms, loc, pdm.eigen_values, reg_factor, rigid,
-                              regularise=regularise, visible=visible,
-                              double="float64" in faults)
+        if dp is None:
+            dp = (solve_update(jac, w_diag, ms, loc, pdm.eigen_values, reg_factor, rigid,
+                               regularise=regularise, visible=vis, double=True)
+                  if double else solver.solve(jac, ms, loc))
         if rec.enabled:
             rec.record(tag + "dxs", dxs, F32)
             rec.record(tag + "dys", dys, F32)
