@@ -156,8 +156,6 @@ class ExpertBank:
             self.confidence[row] = e.patch_confidence
         self._sigmas: dict = {}
         self._scale = scale
-        #: ``weights`` transposed to ``(v, 1 + hw, k)`` (a view).
-        self.weights_t = self.weights.transpose(0, 2, 1)
         self._buffers: dict[tuple[type, int], np.ndarray] = {}
         self._scratch: dict[tuple[int, int], _RawScratch] = {}
         self._sgemv_lanes: dict[int, np.ndarray] = {}
@@ -201,15 +199,6 @@ class ExpertBank:
             buf = self._buffers[key] = np.empty(
                 (len(self.landmarks), n_windows, 1 + self.height * self.width), dtype)
         return buf
-
-    def sigma64(self, window: int) -> np.ndarray:
-        """:meth:`sigma` widened to float64 (exactly), cached for the double-accumulated product."""
-        key = -window
-        cached = self._sigmas.get(key)
-        if cached is None:
-            cached = self._sigmas[key] = self.sigma(window).astype(np.float64)
-            cached.flags.writeable = False
-        return cached
 
     def sigma(self, window: int) -> np.ndarray:
         """Sigma matrices ``(v, w², w²)`` float32 for a response window, cached.
@@ -607,42 +596,16 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
 
 
 @_njit
-def _sgemv_t_sums(sig, vec, out):  # pragma: no cover - compiled
-    """Reference loop of :func:`_sgemv_t_lanes` (one output at a time)."""
-    v, n, _ = sig.shape
-    lanes = np.empty(16, np.float64)
-    n4 = n - n % 4
-    for i in range(v):
-        for o in range(n):
-            for l in range(16):
-                lanes[l] = 0.0
-            for j in range(n):
-                l = j % 16
-                # float32 a*b is exact in double: one rounding = one FMA.
-                lanes[l] = np.float64(np.float32(lanes[l] + np.float64(sig[i, o, j]) * np.float64(vec[i, j])))
-            half = 8
-            if o < n4:
-                # 4-column kernel: adjacent lanes summed first.
-                while half >= 1:
-                    for l in range(half):
-                        lanes[l] = np.float64(np.float32(lanes[2 * l] + lanes[2 * l + 1]))
-                    half //= 2
-            else:
-                # 1-column kernel for the leftover columns: upper half onto lower half.
-                while half >= 1:
-                    for l in range(half):
-                        lanes[l] = np.float64(np.float32(lanes[l] + lanes[l + half]))
-                    half //= 2
-            out[i, o] = np.float32(lanes[0])
-
-
-@_njit
 def _sgemv_t_lanes(sig_t, vec, lanes, out):  # pragma: no cover - compiled
-    """:func:`_sgemv_t_sums` with every output's 16 lanes advanced together.
+    """OpenBLAS ``sgemv_t`` as the C++ ran it: ``out[i] = Sigma_i @ vec[i]``.
 
-    ``sig_t[i, j, o] = Sigma_i[o, j]``; ``lanes`` is a ``(16, n)`` float32
-    scratch, ``lanes[l, o]`` output ``o``'s lane ``l``. The same roundings in
-    the same order per output, the loops vectorised over the outputs.
+    Per output, element ``j`` is fused-multiply-added into lane ``j % 16``
+    (float32, one rounding: a float32 product is exact in double); then the 16
+    lanes are reduced, adjacent pairs first for outputs in the 4-column kernel
+    (``o < n - n % 4``), upper half onto lower half for the leftover columns,
+    each add rounded to float32. ``sig_t[i, j, o] = Sigma_i[o, j]``; ``lanes``
+    is a ``(16, n)`` float32 scratch, ``lanes[l, o]`` output ``o``'s lane ``l``,
+    so all outputs advance together.
     """
     v, n, _ = sig_t.shape
     n4 = n - n % 4

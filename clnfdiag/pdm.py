@@ -580,15 +580,6 @@ def _update_fit_params(dp, loc, g0):
     return loc + dp[6:6 + loc.shape[0]], g, _euler_matrix_nb(np.sin(e), np.cos(e))
 
 
-def _project(xyz: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """(2, n) float32 weak-perspective projection of (3, n) model points.
-
-    Summed left to right and scaled before translating, like CalcShape2D:
-    ``s * (R[0, 0] X + R[0, 1] Y + R[0, 2] Z) + t_x`` (and y).
-    """
-    return _project_nb(xyz, euler_to_rotation_matrix(g[1:4]), g).T.copy()
-
-
 def _stack_xy(xy: np.ndarray) -> np.ndarray:
     """(2, n) -> (2n,) in OpenFace's ``x0..x(n-1), y0..y(n-1)`` order."""
     return xy.reshape(-1)
@@ -598,41 +589,6 @@ def _norm(v: np.ndarray) -> np.float32:
     """``cv::norm`` of a float32 vector: accumulated in float64, stored as float."""
     v64 = v.astype(np.float64)
     return F32(np.sqrt(v64 @ v64))
-
-
-def _matmul33_f32(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """3x3 float32 product summed in float32 in the order ``k = 0, 1, 2`` (``cv::Matx``)."""
-    return (a[:, 0:1] * b[0:1, :] + a[:, 1:2] * b[1:2, :] + a[:, 2:3] * b[2:3, :]).astype(F32)
-
-
-def cholesky_solve(a, b) -> np.ndarray:
-    """Solve ``a x = b`` for symmetric positive definite float32 ``a`` (``DECOMP_CHOLESKY``).
-
-    Runs OpenCV's own ``cv2.solve(a, b, DECOMP_CHOLESKY)`` on float32 inputs, as
-    the C++ does (below 100 x 100 OpenCV uses its own Cholesky: float factor,
-    double accumulators).
-
-    Parameters
-    ----------
-    a : array_like, (k, k)
-    b : array_like, (k,) or (k, r)
-
-    Returns
-    -------
-    float32, shape of ``b``
-
-    Raises
-    ------
-    numpy.linalg.LinAlgError
-        ``a`` not positive definite.
-    """
-    a32 = np.ascontiguousarray(np.asarray(a, dtype=F32))
-    b32 = np.asarray(b, dtype=F32)
-    ok, x = cv2.solve(a32, np.ascontiguousarray(b32.reshape(b32.shape[0], -1)),
-                      flags=cv2.DECOMP_CHOLESKY)
-    if not ok:
-        raise np.linalg.LinAlgError("matrix is not positive definite")
-    return x.reshape(b32.shape).astype(F32, copy=False)
 
 
 def zero_invisible_rows(jac: np.ndarray, visibilities) -> np.ndarray:
