@@ -110,28 +110,10 @@ def _fma_chain_nb(jw, j, reg, add_reg):
 
 
 @_njit
-def _seq_sums_nb(v, cols, rows, out):
-    """Sequential float32 sums of ``v``, ``v * cols`` and ``v * rows`` along axis 1
-    (as ``np.cumsum(..., dtype=float32)[:, -1]``: the first term starts the sum)."""
-    m, ww = v.shape
-    for i in range(m):
-        t = v[i, 0]
-        sx = np.float32(v[i, 0] * cols[0])
-        sy = np.float32(v[i, 0] * rows[0])
-        for c in range(1, ww):
-            x = v[i, c]
-            t = np.float32(np.float64(t) + np.float64(x))
-            sx = np.float32(np.float64(sx) + np.float64(np.float32(x * cols[c])))
-            sy = np.float32(np.float64(sy) + np.float64(np.float32(x * rows[c])))
-        out[0, i] = t
-        out[1, i] = sx
-        out[2, i] = sy
-
-
-@_njit
 def _kde_sums_grid_nb(resp, idx, table, ix, iy, cols, rows, out):
-    """:func:`_seq_sums_nb` of ``v = resp[idx[i]] * table[ix[i], iy[i]]`` (float32
-    products), without materialising the kernels."""
+    """Sequential float32 sums of ``v``, ``v * cols`` and ``v * rows`` (the first
+    term starts each sum, as the C++ loop) for ``v = resp[idx[i]] * table[ix[i], iy[i]]``
+    (float32 products), without materialising the kernels: ``out`` is (3, m)."""
     m = idx.shape[0]
     ww = cols.shape[0]
     for i in range(m):
@@ -570,16 +552,6 @@ def _cell_index(w: int) -> tuple[np.ndarray, np.ndarray]:
     return got
 
 
-def _weighted_sums(resp: np.ndarray, kern: np.ndarray, w: int):
-    """Sequential float32 sums of ``v = resp * kern``, ``v * jj`` and ``v * ii``
-    over the window in row-major order. resp, kern: (m, w*w) float32."""
-    v = np.ascontiguousarray(resp * kern)
-    cols, rows = _cell_index(w)
-    out = np.empty((3, v.shape[0]), dtype=F32)
-    _seq_sums_nb(v, cols, rows, out)
-    return out[0], out[1], out[2]
-
-
 def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True,
                double: bool = False) -> np.ndarray:
     """KDE mean-shift per landmark in the reference frame.
@@ -643,8 +615,14 @@ def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True,
                           _grid_index(dx), _grid_index(dy), cols, rows, sums)
         total, mx, my = sums
     else:
-        kern = _kernel_values(dx, dy, kde_exponent(sigma), w)
-        total, mx, my = _weighted_sums(resp[vis].reshape(m, w * w), kern.reshape(m, w * w), w)
+        # Each landmark's exact kernel is its own one-entry "table" of the same sums.
+        kern = np.ascontiguousarray(_kernel_values(dx, dy, kde_exponent(sigma), w))[:, None]
+        at = np.arange(m)
+        cols, rows = _cell_index(w)
+        sums = np.empty((3, m), dtype=F32)
+        _kde_sums_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), kern, at,
+                          np.zeros(m, dtype=np.intp), cols, rows, sums)
+        total, mx, my = sums
     with np.errstate(divide="ignore", invalid="ignore"):
         out[vis, 0] = mx / total - dx
         out[vis, 1] = my / total - dy
