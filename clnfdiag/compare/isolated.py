@@ -45,7 +45,8 @@ def isolated_trace(case: GoldenCase, fitter: Fitter,
     Parameters
     ----------
     case : GoldenCase
-        Main-model golden (hierarchical keys are left to the propagated mode).
+        Any golden; for a hierarchical one the refinement is fed the golden's
+        main-model result (``hierarchical/landmarks_before``).
     fitter : Fitter
         Holds the loaded model.
     faults : frozenset[str]
