@@ -19,6 +19,22 @@ from .errors import InputError
 from .golden import stage_meaning, write_case
 
 
+def trace_digest(stages: dict[str, Any]) -> str:
+    """SHA-256 over a trace's keys, dtypes, shapes and bytes, in key order.
+
+    Two traces with the same digest are bit-identical stage by stage: the
+    determinism checks compare digests of fits made under other CPUs,
+    BLAS kernels and compilers.
+    """
+    import hashlib
+    h = hashlib.sha256()
+    for key in sorted(stages):
+        a = np.ascontiguousarray(stages[key])
+        h.update(f"{key}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def pass_key(pass_index: int, name: str) -> str:
     """Key of a per-pass stage, e.g. ``pass_key(0, "response")`` -> ``pass0/response``."""
     return f"pass{pass_index}/{name}"
