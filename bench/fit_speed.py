@@ -6,11 +6,16 @@ manifest's parameters from its image and bbox, tracing off, ``--runs`` times
 (>= 7) after one warm-up; then a few times with tracing on. One JSON line per
 case, then a summary line.
 
-The C++ reference is the midpoint of the per-preset range in
-shared/golden/FORMAT.md (``default`` 10.8-15.6 ms, ``wild`` 23-31.5 ms; same
-machine kind, single thread, model loaded, median of 7).
+The C++ reference is taken for the CPU this runs on: ``bench/cpp_times.json``
+(from shared/golden/FORMAT.md: per-case ranges for an Intel Xeon with AVX-512,
+per-preset ranges for an AMD EPYC without it), or ``--cpp-ref FILE`` in the same
+layout; the midpoint of the range is the reference, and the first line says
+which entry was used. A CPU no entry matches gets absolute times only: a ratio
+against another CPU's C++ would mislead. ``first_fit_ms`` is the first fit after
+loading the model (compiled kernels loaded from numba's cache, Sigma matrices
+computed), before the warm-up.
 
-    .venv/bin/python bench/fit_speed.py [CASE_DIR ...] [--runs N] [--models DIR]
+    .venv/bin/python bench/fit_speed.py [CASE_DIR ...] [--runs N] [--models DIR] [--cpp-ref FILE]
 """
 from __future__ import annotations
 
@@ -37,8 +42,45 @@ from clnfdiag.fitter import Fitter  # noqa: E402
 from clnfdiag.golden import find_cases, read_case  # noqa: E402
 from clnfdiag.parameters import FitParameters  # noqa: E402
 
-#: FORMAT.md's C++ ranges (ms) per preset; the midpoint is the reference.
-CPP_MS_RANGE = {"default": (10.8, 15.6), "wild": (23.0, 31.5)}
+#: Default C++ reference table (see the module docstring).
+CPP_TIMES = Path(__file__).with_name("cpp_times.json")
+
+
+def this_cpu() -> tuple[str, bool, str]:
+    """(vendor id, has AVX-512F, model name) from /proc/cpuinfo ("" / False when unreadable)."""
+    vendor, model, flags = "", "", ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return vendor, False, model
+    for line in text.splitlines():
+        key, _, val = line.partition(":")
+        key, val = key.strip(), val.strip()
+        if key == "vendor_id" and not vendor:
+            vendor = val
+        elif key == "model name" and not model:
+            model = val
+        elif key == "flags" and not flags:
+            flags = val
+    return vendor, "avx512f" in flags.split(), model
+
+
+def cpp_reference(path: Path) -> dict | None:
+    """The entry of a C++ times table matching this CPU's vendor and AVX-512 flag, or None."""
+    vendor, avx512, _ = this_cpu()
+    table = json.loads(path.read_text(encoding="utf-8"))
+    for entry in table.get("cpus", []):
+        if entry.get("vendor") == vendor and bool(entry.get("avx512")) == avx512:
+            return entry
+    return None
+
+
+def cpp_range(ref: dict | None, case: str, preset: str) -> tuple[float, float] | None:
+    """C++ time range (ms) of a case on the reference CPU: per case, else per preset."""
+    if ref is None:
+        return None
+    r = ref.get("per_case", {}).get(case) or ref.get("per_preset", {}).get(preset)
+    return None if r is None else (float(r[0]), float(r[1]))
 
 
 def timed(fn, runs: int) -> list[float]:
@@ -60,12 +102,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--traced-runs", type=int, default=3)
     ap.add_argument("--models", type=Path, default=None)
+    ap.add_argument("--cpp-ref", type=Path, default=CPP_TIMES,
+                    help="C++ times table (layout of bench/cpp_times.json)")
     args = ap.parse_args(argv)
     runs = max(7, args.runs)
     cv2.setNumThreads(1)
+    ref = cpp_reference(args.cpp_ref)
+    vendor, avx512, model = this_cpu()
     print(f"# single thread: OPENBLAS/OMP/MKL_NUM_THREADS=1, cv2.setNumThreads(1); "
-          f"{runs} untraced runs + {args.traced_runs} traced per case after 1 warm-up; "
-          f"C++ ms = midpoint of FORMAT.md's per-preset range {CPP_MS_RANGE}", flush=True)
+          f"{runs} untraced runs + {args.traced_runs} traced per case after 1 warm-up", flush=True)
+    print(f"# CPU: {model or '?'} ({vendor or '?'}, AVX-512 {'yes' if avx512 else 'no'}); C++ reference: "
+          + (f"{ref['name']} from {args.cpp_ref} (midpoint of its range)" if ref is not None
+             else f"none in {args.cpp_ref} for this CPU: absolute times only"), flush=True)
     try:
         t0 = time.perf_counter()
         fitter = Fitter(models=args.models)
@@ -76,32 +124,38 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"# model loaded once in {load_ms:.0f} ms", flush=True)
     ratios = []
+    first = True
     for d in case_dirs:
         with read_case(d, verify=False) as case:
             params = FitParameters.from_manifest(case.parameters, case.preset)
             image = case.load_image()
             bbox = case.bbox
             name, preset = case.case_id, case.preset
-        fitter.fit(image, bbox=bbox, parameters=params)  # warm-up
+        warm = timed(lambda: fitter.fit(image, bbox=bbox, parameters=params), 1)[0]
         t = timed(lambda: fitter.fit(image, bbox=bbox, parameters=params), runs)
         tt = timed(lambda: fitter.fit(image, bbox=bbox, parameters=params, trace=True),
                    args.traced_runs)
-        lo, hi = CPP_MS_RANGE.get(preset, (float("nan"), float("nan")))
-        cpp = (lo + hi) / 2
         med = statistics.median(t)
         tmed = statistics.median(tt)
-        ratios.append(med / cpp)
-        print(json.dumps({
-            "case": name, "preset": preset, "runs": runs,
-            "ms_median": round(med, 2), "ms_min": round(min(t), 2), "ms_max": round(max(t), 2),
-            "cpp_ms": cpp, "cpp_ms_range": [lo, hi], "ratio_vs_cpp": round(med / cpp, 2),
-            "traced_ms_median": round(tmed, 2), "traced_ratio": round(tmed / med, 2),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-        }), flush=True)
+        row = {"case": name, "preset": preset, "runs": runs,
+               "ms_median": round(med, 2), "ms_min": round(min(t), 2), "ms_max": round(max(t), 2)}
+        if first:
+            row["first_fit_ms"] = round(warm, 2)
+            first = False
+        rng = cpp_range(ref, name, preset)
+        if rng is not None:
+            cpp = (rng[0] + rng[1]) / 2
+            ratios.append(med / cpp)
+            row |= {"cpp_ms": cpp, "cpp_ms_range": list(rng), "ratio_vs_cpp": round(med / cpp, 2)}
+        row |= {"traced_ms_median": round(tmed, 2), "traced_ratio": round(tmed / med, 2),
+                "peak_rss_mb": round(peak_rss_mb(), 1)}
+        print(json.dumps(row), flush=True)
     if ratios:
-        print(f"# summary: {len(ratios)} case(s), clnfdiag/C++ median-time ratio "
-              f"median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, max {max(ratios):.2f}); "
-              f"peak RSS {peak_rss_mb():.0f} MB")
+        print(f"# summary: {len(ratios)} case(s) with a same-CPU C++ time, clnfdiag/C++ median-time "
+              f"ratio median {statistics.median(ratios):.2f} (min {min(ratios):.2f}, "
+              f"max {max(ratios):.2f}); peak RSS {peak_rss_mb():.0f} MB")
+    else:
+        print(f"# summary: {len(case_dirs)} case(s); peak RSS {peak_rss_mb():.0f} MB")
     return 0
 
 

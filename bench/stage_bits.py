@@ -33,6 +33,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from response_errors import case_dirs  # noqa: E402
 
 from clnfdiag.compare.isolated import isolated_trace  # noqa: E402
+from clnfdiag.compare.metrics import bit_identical  # noqa: E402
 from clnfdiag.compare.propagated import propagated_trace  # noqa: E402
 from clnfdiag.fitter import Fitter  # noqa: E402
 from clnfdiag.golden import read_case  # noqa: E402
@@ -46,18 +47,6 @@ def kind(key: str) -> str:
     for pat, rep in _FOLD:
         key = pat.sub(rep, key)
     return key
-
-
-def same_bits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Elementwise bit identity of two arrays of the golden's dtype (NaNs equal to themselves)."""
-    a = np.ascontiguousarray(np.asarray(a).astype(b.dtype, copy=False))
-    b = np.ascontiguousarray(b)
-    if a.shape != b.shape:
-        return np.zeros(b.shape, bool)
-    if b.dtype.kind == "f":
-        u = {4: np.uint32, 8: np.uint64, 2: np.uint16}[b.dtype.itemsize]
-        return a.view(u) == b.view(u)
-    return a == b
 
 
 def main(argv=None) -> int:
@@ -84,7 +73,7 @@ def main(argv=None) -> int:
             for key in case.keys():
                 if key not in trace:
                     continue
-                eq = same_bits(trace[key], case.stage(key))
+                eq = bit_identical(trace[key], case.stage(key))
                 t = tally[mode][kind(key)]
                 t[0] += int(eq.sum())
                 t[1] += eq.size

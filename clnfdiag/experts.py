@@ -16,39 +16,38 @@ their neuron weights in one batched GEMM; Sigma matrices are built once per
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from functools import lru_cache
 
-import cv2
 import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
-from threadpoolctl import ThreadpoolController
 
 from .faults import NO_FAULTS
 from .models import CCNFScale
+from .numerics import libm
+from .numerics.cholesky import invert_cholesky
+from .numerics.fma import fma32
+from .numerics.sgemm import lane_row_start, lanes16_dot, uses_tree_a
 from .optimiser import expf32
-
-@lru_cache(maxsize=1)
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
-
-
-def _single_thread_blas():
-    """Pin every loaded BLAS (numpy's and OpenCV's own OpenBLAS) to one thread.
-
-    OpenCV hands a Cholesky of 100 x 100 or more (the Sigma of windows 11, 13
-    and 15) to LAPACK, whose threaded blocking changes the last bits of the
-    inverse with the number of cores; the fit then amplifies them. One thread
-    gives the same Sigma on every machine (and is how the C++ reference ran).
-    """
-    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 # Compiled loops (numba, no fastmath: each ``np.float32(...)`` is one float32
 # rounding, as in the C++).
 _njit = numba.njit(cache=True, nogil=True)
+
+
+@_njit
+def _scale_add_fma(beta, comp, q2):  # pragma: no cover - compiled
+    """In place ``q2 = fma(beta, comp, q2)`` per element (float32, one rounding each).
+
+    OpenCV's ``scaleAdd`` as the C++ build ran it; a correctly rounded FMA
+    (never "double product plus add, rounded": that differs on ties).
+    """
+    n0, n1 = q2.shape
+    for i in range(n0):
+        for j in range(n1):
+            q2[i, j] = fma32(beta, comp[i, j], q2[i, j])
+
 
 #: Neurons with alpha at or below this are skipped by OpenFace.
 ALPHA_EPS = 1e-4
@@ -82,24 +81,23 @@ class ResponseStages:
 class _RawScratch:
     """Preallocated work arrays of the compiled raw-response path for one response size.
 
-    cols : (K, nb) float32 — one landmark's windows, component-major, during
-    normalisation; cols64 : (K, nb) float64 — the normalised windows widened
-    (row 0 the bias input 1); wsum, wsq, inv : (nb,) float32 — mean, sum of
-    squares, 1/norm; acc : (nb,) float32 — one neuron's FMA chains;
-    neg_act, exp : (v, n, nb) float64 — ``-activation`` and ``exp(-activation)``.
+    cols : (K, nb) float32 — one landmark's windows, component-major, normalised
+    in place (row 0 the bias input 1); wsum, wsq, inv : (nb,) float32 — mean,
+    sum of squares, 1/norm; acc : (nb,) float32 — one neuron's FMA chains;
+    lanes : (16,) float32 — the sgemm's 16-lane accumulators;
+    neg_act : (v, n, nb) float64 — ``-activation``.
     """
 
-    __slots__ = ("cols", "cols64", "wsum", "wsq", "inv", "acc", "neg_act", "exp")
+    __slots__ = ("cols", "wsum", "wsq", "inv", "acc", "lanes", "neg_act")
 
     def __init__(self, v: int, n: int, k: int, nb: int):
         self.cols = np.empty((k, nb), np.float32)
-        self.cols64 = np.empty((k, nb), np.float64)
+        self.lanes = np.empty(16, np.float32)
         self.wsum = np.empty(nb, np.float32)
         self.wsq = np.empty(nb, np.float32)
         self.inv = np.empty(nb, np.float32)
         self.acc = np.empty(nb, np.float32)
         self.neg_act = np.empty((v, n, nb), np.float64)
-        self.exp = np.empty((v, n, nb), np.float64)
 
 
 class ExpertBank:
@@ -132,6 +130,8 @@ class ExpertBank:
         v = len(vis)
         self.weights = np.zeros((v, k, 1 + hw), np.float32)
         self.two_alpha = np.zeros((v, k), np.float64)
+        #: Neurons per landmark: the N of OpenFace's activation sgemm (skipped ones included).
+        self.n_neurons = np.zeros(v, np.int64)
         self.sum_alpha = np.zeros(v, np.float32)
         nb = max((experts[i].betas.size for i in vis), default=0)
         self.betas = np.zeros((v, nb), np.float64)
@@ -139,6 +139,7 @@ class ExpertBank:
         for row, i in enumerate(vis):
             e = experts[i]
             n = e.n_neurons
+            self.n_neurons[row] = n
             # Filters flattened column-major; scaled by norm_weights in float32 like OpenCV's Mat*double.
             flat = e.weights.transpose(0, 2, 1).reshape(n, hw)
             self.weights[row, :n, 1:] = flat * e.norm_weights.astype(np.float32)[:, None]
@@ -213,21 +214,21 @@ class ExpertBank:
         comps = self._scale.sigma_components.get(window)
         if comps is None:
             comps = np.zeros((0, n, n), np.float32)
-        comps64 = comps.astype(np.float64)
+        comps = np.ascontiguousarray(comps, dtype=np.float32)
         out = np.empty((len(self.landmarks), n, n), np.float32)
         eye = np.eye(n, dtype=np.float32)
         for row in range(len(self.landmarks)):
             # OpenFace's ``q2 = q2 + (float)beta * S_b`` is OpenCV's scaleAdd, which the
-            # AVX2 build evaluates as one fused multiply-add per element: emulated as the
-            # exact double product plus q2, rounded once (with it, windows 7 and 9 are
-            # bit-identical to the C++; the separately rounded product is not).
+            # AVX2 build evaluates as one fused multiply-add per element (with it, windows
+            # 7 and 9 are bit-identical to the C++; the separately rounded product is not).
             q2 = np.zeros((n, n), np.float32)
             for b in range(comps.shape[0]):
-                beta = np.float64(np.float32(self.betas[row, b]))
-                q2 = (q2.astype(np.float64) + beta * comps64[b]).astype(np.float32)
+                _scale_add_fma(np.float32(self.betas[row, b]), comps[b], q2)
             inv_sigma = np.float32(2) * (self.sum_alpha[row] * eye + q2)
-            with _single_thread_blas():
-                ok, out[row] = cv2.invert(inv_sigma, flags=cv2.DECOMP_CHOLESKY)
+            # cv::invert(DECOMP_CHOLESKY) of the C++ build (LAPACK sposv over OpenBLAS
+            # 0.3.21 for n >= 100, OpenCV's own Cholesky below), emulated in fixed-order
+            # float32 code: the same bits on every CPU, no BLAS involved.
+            out[row], _ok = invert_cholesky(inv_sigma)
         out.flags.writeable = False
         self._sigmas[window] = out
         return out
@@ -316,52 +317,79 @@ def im2col_normalised(areas: np.ndarray, height: int, width: int,
 
 
 @_njit
-def _fma_chains(cols, weights, out):  # pragma: no cover - compiled
+def _lane_windows(cols, w, n_neurons, rh, rw, lanes, res, sign):  # pragma: no cover - compiled
+    """The windows OpenBLAS's small sgemm kernel sums in 16 FMA lanes.
+
+    The activation sgemm has M = rh·rw windows in OpenFace's order ``x·rh + y``
+    (im2col's column-major walk), N = ``n_neurons``, K = 1 + h·w. Its kernel
+    rows from :func:`~clnfdiag.numerics.sgemm.lane_row_start` on (the last
+    window when M = 16k + 1: w = 7, 9, 15) are 16 lanes and a tree (tree A for
+    neurons 0-3, tree B after), not the FMA chain every other window gets.
+    ``cols`` (K, nb) holds window ``y·rw + x`` in column ``y·rw + x``, ``w``
+    (n, K) the neurons' weights; ``res[j, b] = sign·sum`` for those windows.
+    """
+    k = w.shape[1]
+    nb = rh * rw
+    for i in range(lane_row_start(nb, k), nb):
+        x = i // rh
+        y = i - x * rh
+        b = y * rw + x
+        col = cols[:, b]
+        for j in range(w.shape[0]):
+            s = lanes16_dot(col, w[j], uses_tree_a(i, j, nb, n_neurons), lanes)
+            res[j, b] = sign * np.float64(s)
+
+
+@_njit
+def _fma_chains(cols, weights, n_neurons, rh, rw, out):  # pragma: no cover - compiled
     k, v, nb = cols.shape
     n = weights.shape[1]
-    acc = np.empty(nb, np.float64)
+    acc = np.empty(nb, np.float32)
+    lanes = np.empty(16, np.float32)
     for i in range(v):
         for j in range(n):
             for b in range(nb):
                 acc[b] = 0.0
             for t in range(k):
-                w = np.float64(weights[i, j, t])
+                w = weights[i, j, t]
+                c = cols[t, i]
                 for b in range(nb):
-                    # float32 a*b is exact in double: one rounding = one FMA.
-                    acc[b] = np.float64(np.float32(acc[b] + np.float64(cols[t, i, b]) * w))
+                    acc[b] = fma32(c[b], w, acc[b])
             for b in range(nb):
-                out[i, j, b] = np.float32(acc[b])
+                out[i, j, b] = acc[b]
+        _lane_windows(cols[:, i, :], weights[i], n_neurons[i], rh, rw, lanes, out[i], 1.0)
 
 
-def _fma_gemm(cols: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """OpenBLAS sgemm's sums: ``act[v, n, b] = Σ_k weights[v, n, k]·cols[k, v, b]``.
+def _fma_gemm(cols: np.ndarray, weights: np.ndarray, n_neurons: np.ndarray,
+              rh: int, rw: int) -> np.ndarray:
+    """OpenFace's activation sgemm: ``act[v, n, b] = Σ_k weights[v, n, k]·cols[k, v, b]``.
 
-    Every output is one float32 fused multiply-add chain over ``k = 0..K-1``
-    in order (the Haswell/Zen ``sgemm_kernel_16x4`` keeps one accumulator per
-    output and ``vfmadd231ps`` each k in turn; K = 122 is one K block). The FMA
-    is emulated exactly: the product of two float32 is exact in double, the
-    double sum is rounded once to float32 (equal to a true FMA except in
-    double-rounding ties, which are vanishingly rare).
+    OpenBLAS's SkylakeX small-matrix kernel (M = rh·rw windows, N = neurons,
+    K = 122, beta 0): every window is one correctly rounded float32 FMA chain
+    over ``k = 0..K-1`` in order, except the kernel's 16-lane rows
+    (:func:`_lane_windows`: the last window of w = 7, 9, 15).
 
-    cols : (K, v, nb) float32; weights : (v, n, K) float32. Returns (v, n, nb) float32.
+    cols : (K, v, nb) float32, windows ``y·rw + x``; weights : (v, n, K)
+    float32; n_neurons : (v,) int. Returns (v, n, nb) float32.
     """
     k, v, nb = cols.shape
     out = np.empty((v, weights.shape[1], nb), np.float32)
-    _fma_chains(np.ascontiguousarray(cols), np.ascontiguousarray(weights, np.float32), out)
+    _fma_chains(np.ascontiguousarray(cols), np.ascontiguousarray(weights, np.float32),
+                np.ascontiguousarray(n_neurons, np.int64), rh, rw, out)
     return out
 
 
 @_njit
-def _ccnf_neg_activations(areas, weights, height, width, rh, rw,
-                          cols, cols64, wsum, wsq, inv, acc, neg_act):  # pragma: no cover - compiled
+def _ccnf_neg_activations(areas, weights, n_neurons, height, width, rh, rw,
+                          cols, wsum, wsq, inv, acc, lanes, neg_act):  # pragma: no cover - compiled
     """``neg_act[i, j, b] = -(weights[i, j] · window_b)`` in float64 (float32 values).
 
     Per landmark, one pass: the im2col with OpenFace's contrast normalisation
     (:func:`_im2col_kmajor`'s float32 arithmetic in its order, vectorised over
     the windows: float32 ``+ - * /`` and ``sqrt`` are IEEE float32 operations
-    here, no fastmath so no contraction to FMA), then the sgemm as the FMA
-    chains of :func:`_fma_chains` (``t = 0..K-1``, exact product in double,
-    one float32 rounding per step).
+    here, no fastmath so no contraction to FMA), then the sgemm as
+    :func:`_fma_gemm` computes it (correctly rounded FMA chains over
+    ``t = 0..K-1``, vectorised over the windows; :func:`_lane_windows`).
     """
     v = areas.shape[0]
     n = weights.shape[1]
@@ -369,7 +397,7 @@ def _ccnf_neg_activations(areas, weights, height, width, rh, rw,
     nb = rh * rw
     fhw = np.float32(height * width)
     for b in range(nb):
-        cols64[0, b] = 1.0
+        cols[0, b] = 1.0
     for i in range(v):
         for b in range(nb):
             wsum[b] = 0.0
@@ -401,45 +429,29 @@ def _ccnf_neg_activations(areas, weights, height, width, rh, rw,
             inv[b] = np.float32(1.0 / np.float64(nrm))                # 1.0 / norm in double
         for t in range(1, k):
             row = cols[t]
-            out = cols64[t]
             for b in range(nb):
-                out[b] = np.float64(row[b] * inv[b])
-        # sgemm: one float32 FMA chain per output (float32 a*b is exact in double).
+                row[b] = row[b] * inv[b]
+        # sgemm: one float32 FMA chain per window, then the kernel's 16-lane windows.
         for j in range(n):
             for b in range(nb):
                 acc[b] = 0.0
             for t in range(k):
-                c = cols64[t]
-                w = np.float64(weights[i, j, t])
+                c = cols[t]
+                w = weights[i, j, t]
                 for b in range(nb):
-                    acc[b] = np.float32(np.float64(acc[b]) + c[b] * w)
+                    acc[b] = fma32(c[b], w, acc[b])
             o = neg_act[i, j]
             for b in range(nb):
                 o[b] = -np.float64(acc[b])
-
-
-@_njit
-def _sum_neurons(e, two_alpha, out):  # pragma: no cover - compiled
-    """``out[i, b] = float(... float(float(0 + t_0) + t_1) ... + t_n-1)`` with the
-    double term ``t_j = two_alpha[i, j] / (double(float(e[i, j, b])) + 1)``."""
-    v, n, nb = e.shape
-    for i in range(v):
-        for b in range(nb):
-            out[i, b] = 0.0
-        for j in range(n):
-            ta = two_alpha[i, j]
-            for b in range(nb):
-                term = ta / (np.float64(np.float32(e[i, j, b])) + 1.0)
-                out[i, b] = np.float32(np.float64(out[i, b]) + term)
+        _lane_windows(cols, weights[i], n_neurons[i], rh, rw, lanes, neg_act[i], -1.0)
 
 
 @_njit
 def _expf_sum_neurons(neg_act, two_alpha, out):  # pragma: no cover - compiled
-    """:func:`_sum_neurons` with ``e = expf(float(neg_act))`` computed in place.
-
-    A float32 ``math.exp`` is lowered by numba to the C library's ``expf``
-    (no SVML), which is what :func:`expf32` returns: used only when
-    :func:`_fused_expf_ok` confirmed that on this machine."""
+    """``out[i, b] = float(... float(float(0 + t_0) + t_1) ... + t_n-1)`` with the
+    double term ``t_j = two_alpha[i, j] / (double(expf(float(neg_act[i, j, b]))) + 1)``:
+    OpenFace's sigmoid with glibc's ``expf`` (:func:`clnfdiag.numerics.libm.expf`),
+    each term added to the float map in neuron order."""
     v, n, nb = neg_act.shape
     for i in range(v):
         for b in range(nb):
@@ -448,34 +460,9 @@ def _expf_sum_neurons(neg_act, two_alpha, out):  # pragma: no cover - compiled
             ta = two_alpha[i, j]
             src = neg_act[i, j]
             for b in range(nb):
-                e = math.exp(np.float32(src[b]))
+                e = libm.expf(src[b])
                 term = ta / (np.float64(e) + 1.0)
                 out[i, b] = np.float32(np.float64(out[i, b]) + term)
-
-
-@lru_cache(maxsize=1)
-def _fused_expf_ok() -> bool:
-    """True when numba's float32 ``math.exp`` is the C library's ``expf`` and
-    agrees with :func:`expf32` (correct rounding outside the hard band) on a
-    dense sample of the activation range, so :func:`_expf_sum_neurons` gives
-    the values of ``expf32`` + :func:`_sum_neurons` bit for bit."""
-    from .optimiser import _numba_expf_is_libm
-    if not _numba_expf_is_libm():
-        return False
-    x = np.linspace(-60.0, 60.0, 200_001).astype(np.float32)
-    got = np.empty((1, 1, x.size), np.float32)
-    _expf_each(x.reshape(1, 1, -1).astype(np.float64), got)
-    return bool(np.array_equal(got.reshape(-1), expf32(x)))
-
-
-@_njit
-def _expf_each(neg_act, out):  # pragma: no cover - compiled
-    """``out = expf(float(neg_act))`` elementwise (the exponential of :func:`_expf_sum_neurons`)."""
-    v, n, nb = neg_act.shape
-    for i in range(v):
-        for j in range(n):
-            for b in range(nb):
-                out[i, j, b] = math.exp(np.float32(neg_act[i, j, b]))
 
 
 def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray, two_alpha: np.ndarray,
@@ -494,7 +481,7 @@ def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray, two_alpha: np.ndarr
         # bench/response_bits.py): im2col sums in its order, the sgemm as FMA
         # chains, exp as glibc's expf on the float activation.
         cols = _im2col_kmajor(areas, bank.height, bank.width)
-        act = _fma_gemm(cols, bank.weights).transpose(1, 0, 2)      # (n, v, nb)
+        act = _fma_gemm(cols, bank.weights, bank.n_neurons, rh, rw).transpose(1, 0, 2)  # (n, v, nb)
         e = expf32(np.negative(act)).astype(np.float64)
     # The term in double, added to the float map neuron by neuron (neurons with
     # alpha <= 1e-4 have two_alpha 0 and add nothing): float(map + term) each time.
@@ -509,13 +496,15 @@ def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray, two_alpha: np.ndarr
 def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
     """Sum over neurons of ``2·alpha·sigmoid(w·x + b)`` for every visible landmark.
 
-    float32 (default): bit-exact with OpenFace's ResponseOpenBlas on 99.54% of
-    the golden values (bench/response_bits.py). One compiled pass per landmark
-    does the im2col with contrast normalisation in OpenFace's float order
-    (:func:`_im2col_kmajor`) and the sgemm as float32 FMA chains
-    (:func:`_fma_gemm`); the exponential is glibc's ``expf`` of the float
-    activation (:func:`expf32`), as the C++ ``exp(float)``; then the double
-    terms ``2·alpha / (1 + e)`` are added to the float map neuron by neuron.
+    float32 (default): bit-exact with OpenFace's ResponseOpenBlas on every
+    golden value (bench/response_bits.py, tests/test_sgemm.py). One compiled
+    pass per landmark does the im2col with contrast normalisation in
+    OpenFace's float order (:func:`_im2col_kmajor`) and the sgemm as OpenBLAS's
+    small-matrix kernel sums it (:func:`_fma_gemm`: float32 FMA chains, and 16
+    FMA lanes for the last window of w = 7, 9, 15); the exponential is
+    glibc's ``expf`` of the float activation (:func:`expf32`), as the C++
+    ``exp(float)``; then the double terms ``2·alpha / (1 + e)`` are added to
+    the float map neuron by neuron.
 
     Parameters
     ----------
@@ -539,18 +528,13 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
         return _raw_response_numpy(bank, areas, two_alpha, np.float32)
     a = np.ascontiguousarray(areas, dtype=np.float32)
     s = bank.raw_scratch(rh, rw)
-    _ccnf_neg_activations(a, bank.weights, bank.height, bank.width, rh, rw,
-                          s.cols, s.cols64, s.wsum, s.wsq, s.inv, s.acc, s.neg_act)
+    _ccnf_neg_activations(a, bank.weights, bank.n_neurons, bank.height, bank.width, rh, rw,
+                          s.cols, s.wsum, s.wsq, s.inv, s.acc, s.lanes, s.neg_act)
     out = np.empty((v, rh, rw), np.float32)
     ta = two_alpha if two_alpha.dtype == np.float64 and two_alpha.flags.c_contiguous \
         else np.ascontiguousarray(two_alpha, np.float64)
-    if _fused_expf_ok():
-        # glibc's expf on the float activation, fused with the neuron sum.
-        _expf_sum_neurons(s.neg_act, ta, out.reshape(v, rh * rw))
-        return out
-    # exp of a float in the C++ is glibc's expf, which is not always correctly rounded.
-    s.exp[...] = expf32(s.neg_act.astype(np.float32))
-    _sum_neurons(s.exp, ta, out.reshape(v, rh * rw))
+    # glibc's expf on the float activation, fused with the neuron sum.
+    _expf_sum_neurons(s.neg_act, ta, out.reshape(v, rh * rw))
     return out
 
 
@@ -562,8 +546,10 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
     map, accumulated by fused multiply-adds in 16 lanes (element ``j`` in lane
     ``j % 16``), then reduced by a pairwise tree: adjacent lanes first for the
     columns of the 4-column kernel, halves folded for the leftover columns.
-    Bit-identical to the C++ for windows 7 and 9 (whose Sigma is OpenCV's own
-    Cholesky inverse); 11 and 15 invert through LAPACK and differ in Sigma itself.
+    With Sigma from :func:`~clnfdiag.numerics.cholesky.invert_cholesky` (OpenCV's
+    own Cholesky below 100 x 100, the emulated LAPACK ``sposv`` of the C++ build
+    above), bit-identical to the C++ for every window of the golden cases when
+    fed their raw maps, on any CPU.
 
     Parameters
     ----------
@@ -600,7 +586,7 @@ def _sgemv_t_lanes(sig_t, vec, lanes, out):  # pragma: no cover - compiled
     """OpenBLAS ``sgemv_t`` as the C++ ran it: ``out[i] = Sigma_i @ vec[i]``.
 
     Per output, element ``j`` is fused-multiply-added into lane ``j % 16``
-    (float32, one rounding: a float32 product is exact in double); then the 16
+    (correctly rounded float32 FMA, :func:`~clnfdiag.numerics.fma.fma32`); then the 16
     lanes are reduced, adjacent pairs first for outputs in the 4-column kernel
     (``o < n - n % 4``), upper half onto lower half for the leftover columns,
     each add rounded to float32. ``sig_t[i, j, o] = Sigma_i[o, j]``; ``lanes``
@@ -617,9 +603,9 @@ def _sgemv_t_lanes(sig_t, vec, lanes, out):  # pragma: no cover - compiled
         for j in range(n):
             row = lanes[j % 16]
             s = sig_t[i, j]
-            x = np.float64(vec[i, j])
+            x = vec[i, j]
             for o in range(n):
-                row[o] = np.float32(np.float64(row[o]) + np.float64(s[o]) * x)
+                row[o] = fma32(s[o], x, row[o])
         half = 8
         while half >= 1:
             for l in range(half):
@@ -661,6 +647,24 @@ def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -
     return out.astype(sigma_maps.dtype, copy=False)
 
 
+@_njit
+def _view_index_nb(g, centers):  # pragma: no cover - compiled
+    """``GetViewIdx``: per view ``v_k = float(double(g[1 + k]) - centre[k])`` (a float
+    parameter minus a double centre, stored in a float), ``d = v1*v1 + v2*v2 + v3*v3``
+    in float32; the first strict minimum wins."""
+    best = np.float32(0)
+    idx = 0
+    for i in range(centers.shape[0]):
+        v1 = np.float32(np.float64(g[1]) - centers[i, 0])
+        v2 = np.float32(np.float64(g[2]) - centers[i, 1])
+        v3 = np.float32(np.float64(g[3]) - centers[i, 2])
+        d = v1 * v1 + v2 * v2 + v3 * v3
+        if i == 0 or d < best:
+            best = d
+            idx = i
+    return idx
+
+
 class PatchExperts:
     """CCNF experts of a CLNF model, per scale and view, with cached banks and Sigmas."""
 
@@ -680,11 +684,9 @@ class PatchExperts:
         return b
 
     def view_index(self, params_global: np.ndarray, scale: int) -> int:
-        """Closest view centre to the current (pitch, yaw, roll), in float32 as OpenFace."""
-        rot = np.asarray(params_global, np.float32)[1:4]
-        d = rot[None, :] - self.scales[scale].centers.astype(np.float32)
-        dist = np.einsum("vk,vk->v", d, d, dtype=np.float32)
-        return int(np.argmin(dist))  # first minimum wins, as OpenFace's strict '<'
+        """Closest view centre to the current (pitch, yaw, roll), as OpenFace's ``GetViewIdx``."""
+        return _view_index_nb(np.asarray(params_global, np.float32),
+                              np.asarray(self.scales[scale].centers, np.float64))
 
     def support(self, scale: int, view: int) -> tuple[int, int]:
         b = self.bank(scale, view)

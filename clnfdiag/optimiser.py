@@ -17,18 +17,20 @@ operation where the rounding matters:
 * The right-hand side ``J^T W ms - R p`` is one OpenCV gemm expression: double
   sums, one rounding. Near convergence the two terms cancel to 1e-5 of their
   size, so this detail decides the update there.
-* The Hessian is an OpenBLAS ``sgemm``, emulated as a float32 fused
-  multiply-add chain over the 2n rows, then ``+ R``.
+* The Hessian is an OpenBLAS ``sgemm`` (the SkylakeX small-matrix kernel),
+  emulated element by element in :mod:`clnfdiag.numerics.sgemm`: float32
+  fused multiply-add chains over the 2n rows or 16 FMA lanes and an addition
+  tree, by position, then ``+ R`` (:func:`hessian_sgemm`).
 * ``cv::solve(..., DECOMP_CHOLESKY)`` runs OpenCV's own small-matrix Cholesky
-  (double accumulators, float storage, reciprocal diagonal). The fit calls
-  ``cv2.solve`` itself (:func:`cholesky_solve`); the Python port
+  (double accumulators, float storage, reciprocal diagonal), emulated in
+  :mod:`clnfdiag.numerics.cholesky` (:func:`cholesky_solve`); the Python port
   :func:`cholesky_solve_opencv` documents the arithmetic and is bit-identical
   to it on the golden cases' Hessians.
 
 Measured on the ten golden cases (``python tests/test_optimiser.py``): window
 offsets, mean-shifts (both frames), likelihoods and shape-change norms are
-bit-identical to the C++; parameter updates agree to 2e-6 (rigid) and 8e-8
-(non-rigid) of their magnitude.
+bit-identical to the C++, and so are the parameter updates fed the golden
+Jacobians, weights and mean-shifts (``tests/test_sgemm.py``).
 
 Layout conventions: landmark arrays are ``(n, 2)`` with columns ``(x, y)``;
 vectors indexed like OpenFace's column vectors are ``(2n,)`` with the n x
@@ -40,14 +42,16 @@ function): ``mean_shift(..., grid=False)`` (``no-kde-grid``) and
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import math
 
-import cv2
 import numba
 import numpy as np
+
+from .numerics import libm
+from .numerics.cholesky import solve_cholesky
+from .numerics.cvlinalg import gemm_f32, norm_l2_f32
+from .numerics.sgemm import hessian_nb
 
 __all__ = [
     "KDE_STEP",
@@ -72,6 +76,9 @@ __all__ = [
 F32 = np.float32
 F64 = np.float64
 
+#: "No C matrix" for :func:`~clnfdiag.numerics.cvlinalg.gemm_f32`.
+_NO_C = np.zeros((0, 0), F32)
+
 #: Grid step of OpenFace's precalculated KDE kernel (a C++ ``float`` 0.1).
 KDE_STEP = F32(0.1)
 
@@ -84,29 +91,6 @@ KDE_STEP = F32(0.1)
 # 2 x 24 + 2 bits), so the kernels widen explicitly where it keeps the code
 # readable. ``cache=True`` compiles once per machine (``__pycache__``).
 _njit = numba.njit(cache=True, nogil=True)
-
-
-@_njit
-def _fma_chain_nb(jw, j, reg, add_reg):
-    """float32 FMA chain ``acc[a, b] += jw[r, a] * j[r, b]`` over the rows r in
-    order (float32 x float32 is exact in double; one rounding per step), then
-    ``+ reg`` on the diagonal in float32."""
-    rows, k = j.shape
-    acc = np.zeros((k, k), dtype=np.float32)
-    acc64 = np.zeros(k, dtype=np.float64)
-    for a in range(k):
-        for b in range(k):
-            acc64[b] = 0.0
-        for r in range(rows):
-            x = np.float64(jw[r, a])
-            for b in range(k):
-                acc64[b] = np.float64(np.float32(acc64[b] + x * np.float64(j[r, b])))
-        for b in range(k):
-            acc[a, b] = np.float32(acc64[b])
-    if add_reg:
-        for a in range(k):
-            acc[a, a] = np.float32(np.float64(acc[a, a]) + np.float64(reg[a]))
-    return acc
 
 
 @_njit
@@ -131,46 +115,6 @@ def _kde_sums_grid_nb(resp, idx, table, ix, iy, cols, rows, out):
         out[0, i] = t
         out[1, i] = sx
         out[2, i] = sy
-
-
-@_njit
-def _seq_rowsum_nb(v):
-    """Sequential float32 sum of each row (``np.cumsum(v, 1, float32)[:, -1]``)."""
-    m, ww = v.shape
-    out = np.empty(m, dtype=np.float32)
-    for i in range(m):
-        t = v[i, 0]
-        for c in range(1, ww):
-            t = np.float32(np.float64(t) + np.float64(v[i, c]))
-        out[i] = t
-    return out
-
-
-@_njit
-def _fma_chain_sym_nb(j, reg, add_reg):
-    """:func:`_fma_chain_nb` of ``jw = j`` (``J^T J``): element ``(a, b)`` and
-    ``(b, a)`` run the same chain (``j[r, a] * j[r, b]`` is one exact product
-    either way), so only ``b >= a`` is computed and mirrored."""
-    rows, k = j.shape
-    acc = np.zeros((k, k), dtype=np.float32)
-    acc64 = np.zeros(k, dtype=np.float64)
-    for a in range(k):
-        nb = k - a
-        for bb in range(nb):
-            acc64[bb] = 0.0
-        for r in range(rows):
-            x = np.float64(j[r, a])
-            jr = j[r, a:]
-            for bb in range(nb):
-                acc64[bb] = np.float64(np.float32(acc64[bb] + x * np.float64(jr[bb])))
-        for bb in range(nb):
-            v = np.float32(acc64[bb])
-            acc[a, a + bb] = v
-            acc[a + bb, a] = v
-    if add_reg:
-        for a in range(k):
-            acc[a, a] = np.float32(np.float64(acc[a, a]) + np.float64(reg[a]))
-    return acc
 
 
 _njit_np = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -266,60 +210,6 @@ def _rhs_reg_nb(rhs, reg, p):
         rhs[6 + j] = np.float32(np.float64(rhs[6 + j]) - np.float64(reg[j]) * np.float64(p[j]))
 
 
-@_njit_np
-def _expf_round_nb(y, r, band):
-    """``r = float32(y)`` and the indices where ``y`` lies within ``band`` ulp
-    of a float32 rounding boundary (the ``hard`` set of :func:`expf32`, same
-    float64 arithmetic: neighbour towards ``y``, half-way point, distance over
-    the spacing; NaN distances are not hard)."""
-    n = y.shape[0]
-    hard = np.empty(n, dtype=np.intp)
-    nh = 0
-    up, down = np.float32(np.inf), np.float32(0)
-    for i in range(n):
-        yi = y[i]
-        ri = np.float32(yi)
-        r[i] = ri
-        rd = np.float64(ri)
-        if yi > rd:
-            nb = np.float64(np.float32(np.nextafter(ri, up)))
-        else:
-            nb = np.float64(np.float32(np.nextafter(ri, down)))
-        spacing = abs(nb - rd)
-        dist = abs(yi - 0.5 * (rd + nb)) / spacing
-        if dist < band:
-            hard[nh] = i
-            nh += 1
-    return hard[:nh]
-
-
-@_njit_np
-def _expf_hard_nb(x, hard, r):
-    """``r[i] = expf(x[i])`` for the hard indices: numba lowers a float32
-    ``math.exp`` to a call of the C library's ``expf`` (checked against the
-    ctypes one by :func:`_numba_expf_is_libm` before it is used)."""
-    for t in range(hard.shape[0]):
-        i = hard[t]
-        r[i] = math.exp(x[i])
-
-
-@functools.lru_cache(maxsize=1)
-def _numba_expf_is_libm() -> bool:
-    """True when :func:`_expf_hard_nb` gives the ctypes ``expf``'s values on
-    the hard arguments of a fixed sample (a few thousand of which glibc rounds
-    away from the correctly rounded value)."""
-    fn = _libm_expf()
-    if fn is None:
-        return False
-    x = np.linspace(-30.0, 30.0, 400_001).astype(F32)
-    r = np.empty(x.shape, dtype=F32)
-    hard = _expf_round_nb(np.exp(x.astype(F64)), r, _EXPF_HARD_BAND)
-    got = r.copy()
-    _expf_hard_nb(x, hard, got)
-    ref = np.fromiter((fn(v) for v in x[hard].tolist()), dtype=F32, count=hard.size)
-    return hard.size > 0 and bool(np.array_equal(got[hard], ref))
-
-
 # --------------------------------------------------------------------------- helpers
 def _visible_mask(visible, n: int) -> np.ndarray:
     """``(n,)`` bool mask; ``None`` means every landmark is visible."""
@@ -333,37 +223,19 @@ def _visible_mask(visible, n: int) -> np.ndarray:
     return v != 0
 
 
-#: Half-width, in float32 ulps, of the band around a rounding boundary inside
-#: which :func:`expf32` defers to the C library (glibc's ``expf`` is within
-#: 0.502 ulp, so it can only round differently within 0.002 ulp of a boundary).
-_EXPF_HARD_BAND = 0.004
-
-
-@functools.lru_cache(maxsize=1)
-def _libm_expf():
-    """The C library's single-precision ``expf`` through ctypes, or None."""
-    name = ctypes.util.find_library("m")
-    if name is None:
-        return None
-    try:
-        fn = ctypes.CDLL(name).expf
-    except (OSError, AttributeError):
-        return None
-    fn.restype = ctypes.c_float
-    fn.argtypes = [ctypes.c_float]
-    return fn
+@_njit_np
+def _expf_nb(x, out):
+    """``out = expf(x)`` elementwise over flat float32 arrays (:func:`clnfdiag.numerics.libm.expf`)."""
+    for i in range(x.shape[0]):
+        out[i] = libm.expf(x[i])
 
 
 def expf32(x) -> np.ndarray:
-    """Single-precision exponential as the C++ ``exp(float)`` (glibc ``expf``).
+    """Single-precision exponential as the C++ ``exp(float)``: glibc's ``expf``.
 
-    OpenFace's KDE table calls ``exp`` on a ``float``, i.e. ``expf``, which is
-    not always correctly rounded. The value is computed in double and rounded
-    to float32 (correct rounding); only arguments whose exact result lies
-    within ``_EXPF_HARD_BAND`` ulp of a float32 rounding boundary (about 0.8 %
-    of them) are passed to the C library's ``expf`` so that those few round
-    as the C++ does. Without a C library reachable by ctypes the correctly
-    rounded value is kept (then ~1e-4 of the values differ by one ulp).
+    OpenFace's KDE table and CCNF sigmoid call ``exp`` on a ``float``, i.e.
+    ``expf``, which is not always correctly rounded; :func:`clnfdiag.numerics.libm.expf`
+    is that call, with the same bits on every CPU.
 
     Parameters
     ----------
@@ -373,25 +245,10 @@ def expf32(x) -> np.ndarray:
     -------
     numpy.ndarray float32, same shape as ``x``
     """
-    x = np.asarray(x, dtype=F32)
-    y = np.exp(x.astype(F64))
-    fn = _libm_expf()
-    if fn is None or y.size == 0:
-        return y.astype(F32)
-    if not y.flags.c_contiguous:
-        # The hard-case fix below works on flat views: give it contiguous arrays.
-        x, y = np.ascontiguousarray(x), np.ascontiguousarray(y)
-    # Rounding and the hard set in one compiled pass (:func:`_expf_round_nb`),
-    # then the C library's expf on the hard ones.
-    r = np.empty(y.shape, dtype=F32)
-    hard = _expf_round_nb(y.reshape(-1), r.reshape(-1), _EXPF_HARD_BAND)
-    if hard.size and _numba_expf_is_libm():
-        _expf_hard_nb(np.ascontiguousarray(x).reshape(-1), hard, r.reshape(-1))
-    elif hard.size:
-        flat = r.reshape(-1)
-        xs = x.reshape(-1)[hard].tolist()
-        flat[hard] = np.fromiter((fn(v) for v in xs), dtype=F32, count=hard.size)
-    return r
+    x = np.ascontiguousarray(x, dtype=F32)
+    out = np.empty(x.shape, F32)
+    _expf_nb(x.reshape(-1), out.reshape(-1))
+    return out
 
 
 def kde_exponent(sigma) -> np.float32:
@@ -734,13 +591,16 @@ def regularisation_diag(eigen_values, reg_factor) -> np.ndarray:
 
 
 def hessian_sgemm(jw: np.ndarray, j: np.ndarray, reg_diag: np.ndarray | None = None) -> np.ndarray:
-    """``J_w_t @ J + R`` as OpenBLAS ``sgemm`` computes it with ``beta = 1``.
+    """``J_w_t @ J + R`` as OpenFace's ``sgemm_`` (OpenBLAS's SkylakeX small kernel) computes it.
 
-    The product is a float32 fused multiply-add chain over the 2n rows, in row
-    order (one accumulator per output element), then the regularisation is
-    added once in float32. This reproduces the golden non-rigid updates to
-    the last bit in 95 % of the elements (the other ones differ by an ulp or
-    so); exactly rounded sums are 20x further off.
+    OpenFace calls ``sgemm_(N, N, k, k, 2n, J, k, J_w_t, 2n, 1, H, k)`` with H
+    holding R, so the kernel's row index is the *column* of the row-major
+    Hessian: columns below ``lane_row_start(k, 2n)`` are float32 FMA chains
+    over the 2n rows in order, the others (k = 6: all; k = 40: 32-39; k = 38:
+    32-37) sum in 16 FMA lanes reduced by one of two addition trees; then
+    ``R + sum`` rounded once. See :func:`clnfdiag.numerics.sgemm.hessian_nb`.
+    The result is not exactly symmetric for k = 38 or 40 (a chain above the
+    diagonal, lanes below it). Bit-identical to the C++ on the goldens.
 
     Parameters
     ----------
@@ -755,22 +615,12 @@ def hessian_sgemm(jw: np.ndarray, j: np.ndarray, reg_diag: np.ndarray | None = N
     -------
     (k, k) float32
     """
-    jw = np.ascontiguousarray(jw, dtype=F32)
     j = np.ascontiguousarray(j, dtype=F32)
+    jw = np.ascontiguousarray(jw, dtype=F32)
     k = j.shape[1]
-    # float32 x float32 products are exact in float64; adding one to the
-    # float32 accumulator in float64 and rounding the sum to float32 is a
-    # float32 FMA. Compiled (:func:`_fma_chain_nb`): one accumulator per
-    # output element, rows in order. ``J^T J`` (jw is j) is symmetric chain
-    # by chain: half of it is computed (:func:`_fma_chain_sym_nb`).
-    if jw is j or (jw.shape == j.shape and jw.ctypes.data == j.ctypes.data
-                   and jw.strides == j.strides):
-        if reg_diag is None:
-            return _fma_chain_sym_nb(j, np.zeros(k, dtype=F32), False)
-        return _fma_chain_sym_nb(j, np.ascontiguousarray(reg_diag, dtype=F32).reshape(k), True)
-    if reg_diag is None:
-        return _fma_chain_nb(jw, j, np.zeros(k, dtype=F32), False)
-    return _fma_chain_nb(jw, j, np.ascontiguousarray(reg_diag, dtype=F32).reshape(k), True)
+    reg = (np.zeros(k, dtype=F32) if reg_diag is None
+           else np.ascontiguousarray(reg_diag, dtype=F32).reshape(k))
+    return hessian_nb(j, jw, reg)
 
 
 def cholesky_solve_opencv(a, b):
@@ -823,11 +673,13 @@ def cholesky_solve_opencv(a, b):
 
 
 def cholesky_solve(a, b):
-    """Solve ``a x = b`` with OpenCV's own ``cv::solve(..., DECOMP_CHOLESKY)``.
+    """Solve ``a x = b`` as OpenCV's own ``cv::solve(..., DECOMP_CHOLESKY)``.
 
-    The same code OpenFace calls, so the same rounding: bit-identical to
-    :func:`cholesky_solve_opencv` (the Python port, kept as the documented
-    reference) on all 202 Hessians of the golden cases, and ~50x faster.
+    :func:`clnfdiag.numerics.cholesky.solve_cholesky`: OpenCV's small-matrix
+    Cholesky (``CholImpl<float>``, sequential double sums) in compiled code,
+    bit-identical to ``cv2.solve`` (and to :func:`cholesky_solve_opencv`, the
+    Python port kept as the documented reference, on the golden cases'
+    Hessians) without calling OpenCV.
     Only the lower triangle of ``a`` is read; on a non positive definite
     ``a`` the solution is all zeros, as the port returns.
 
@@ -841,13 +693,8 @@ def cholesky_solve(a, b):
     x : (k,) float32
     ok : bool
     """
-    a = np.asarray(a, dtype=F32)
-    b = np.asarray(b, dtype=F32).reshape(-1, 1)
-    ok, x = cv2.solve(a, b, flags=cv2.DECOMP_CHOLESKY)
-    x = x.reshape(-1)
-    if not ok:
-        x[:] = 0
-    return x, bool(ok)
+    x, ok = solve_cholesky(np.asarray(a, dtype=F32), np.asarray(b, dtype=F32).reshape(-1))
+    return x, ok
 
 
 def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
@@ -867,7 +714,7 @@ def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
       cancel to 1e-5 of their size, so a float32 subtraction would cost up
       to 5e-4 of the update);
     * the Hessian as OpenBLAS sgemm (:func:`hessian_sgemm`);
-    * OpenCV's float Cholesky solve (:func:`cholesky_solve`, i.e. ``cv2.solve``).
+    * OpenCV's float Cholesky solve (:func:`cholesky_solve`, ``cv::solve`` emulated).
 
     Parameters
     ----------
@@ -963,7 +810,10 @@ class UpdateSolver:
             J[self.invisible] = 0
             ms_vec[self.invisible] = 0
         jw = J if self.unit_w else J * self.w_col    # float products; rows = columns of J_w_t
-        rhs = (jw.astype(F64).T @ ms_vec.astype(F64)).astype(F32)
+        # ``J_w_t * mean_shifts``: OpenCV's own gemm (J_w_t has fewer than 100 rows),
+        # double sums over four accumulators, one rounding per element.
+        rhs = gemm_f32(np.ascontiguousarray(jw.T), ms_vec.reshape(-1, 1), 1.0, _NO_C, 0.0, 0
+                       ).reshape(-1)
         if self.subtract_reg:
             # ``J_w_t_m - R * p`` is one OpenCV gemm expression (alpha -1, beta 1):
             # the exact products and the difference in double, one rounding.
@@ -1026,15 +876,26 @@ def landmark_likelihoods(responses, dxs, dys, visible, sigma) -> np.ndarray:
         return out
     dx = np.asarray(dxs, dtype=F32)[vis]
     dy = np.asarray(dys, dtype=F32)[vis]
-    cells = np.arange(w, dtype=F32)
-    vx = (dy[:, None] - cells) ** 2                   # over ii (rows)
-    vy = (dx[:, None] - cells) ** 2                   # over jj (cols)
-    d2 = (vx[:, :, None] + vy[:, None, :]).astype(F64)
     s = F32(sigma)
-    kern = np.exp(F64(-0.5) * d2 / F64(s * s))
-    m = dx.shape[0]
-    v = (resp[vis].astype(F64) * kern).astype(F32).reshape(m, w * w)
-    out[vis] = _seq_rowsum_nb(np.ascontiguousarray(v))   # sequential float32 sum
+    out[vis] = _likelihood_sums_nb(np.ascontiguousarray(resp[vis]), dx, dy, F64(s * s))
+    return out
+
+
+@_njit_np
+def _likelihood_sums_nb(resp, dx, dy, s2):
+    """Sequential float32 sums of ``float(resp * exp(-0.5 * d2 / s2))`` per map: ``d2`` a
+    float32 sum of float32 squares, the exponential glibc's double ``exp``."""
+    m, w, _ = resp.shape
+    out = np.empty(m, dtype=np.float32)
+    for i in range(m):
+        t = np.float32(0)
+        for ii in range(w):
+            vx = (dy[i] - np.float32(ii)) * (dy[i] - np.float32(ii))
+            for jj in range(w):
+                vy = (dx[i] - np.float32(jj)) * (dx[i] - np.float32(jj))
+                k = libm.exp(-0.5 * np.float64(vx + vy) / s2)
+                t = t + np.float32(np.float64(resp[i, ii, jj]) * k)
+        out[i] = t
     return out
 
 
@@ -1059,10 +920,9 @@ def model_likelihood(landmark_lhoods, visible=None) -> np.float32:
     """
     lh = np.asarray(landmark_lhoods, dtype=F32).reshape(-1)
     vis = _visible_mask(visible, lh.shape[0])
-    logs = np.log(lh[vis].astype(F64) + 1e-8)
     acc = F32(0)
-    for term in logs:                                # once per fit: exact float rounding
-        acc = F32(F64(acc) + term)
+    for v in lh[vis]:                                # once per fit: exact float rounding
+        acc = F32(F64(acc) + libm.log(F64(v) + 1e-8))   # glibc's log, as the C++
     with np.errstate(divide="ignore", invalid="ignore"):
         return F32(F64(acc) / F64(vis.sum()))
 
@@ -1082,8 +942,8 @@ def shape_change_norm(shape, previous) -> float:
     float
         float64 value (the golden ``shape_change_norm``).
     """
-    d = (np.asarray(shape, dtype=F32) - np.asarray(previous, dtype=F32)).astype(F64)
-    return float(np.sqrt(np.sum(d * d)))
+    d = np.asarray(shape, dtype=F32) - np.asarray(previous, dtype=F32)   # float32 differences
+    return float(norm_l2_f32(np.concatenate([d[:, 0], d[:, 1]])))       # OpenFace's (x..., y...)
 
 
 # --------------------------------------------------------------------------- the loop

@@ -19,18 +19,18 @@ from pathlib import Path
 
 import math
 
-import cv2
 import numba
 import numpy as np
 
 from .models.pdm_file import PDMData, read_pdm
-from .optimiser import _fma_chain_sym_nb
-from .rotation import (_EPS64, _det, _euler_matrix_nb, _half_turn_axis, _in_range_nb,
-                       _quaternion_terms_nb, _rodrigues_matrix_nb, _scaled_f32_nb,
-                       _skew_vector_nb, _svd, axis_angle_to_euler,
-                       euler_to_rotation_matrix, rotation_matrix_to_axis_angle)
+from .numerics.cholesky import solve_cholesky
+from .numerics.cvlinalg import GEMM_1_T, GEMM_2_T, gemm_f32, norm_l2_f32
+from .numerics.sgemm import gemv_m1_nb, hessian_nb, opencv_gemv_add_nb
+from .rotation import compose_rotation_nb, euler_matrix_nb, euler_to_rotation_matrix
 
 F32 = np.float32
+#: No C operand for :func:`gemm_f32`.
+_NO_C = np.zeros((0, 0), dtype=F32)
 
 #: Number of standard deviations each non-rigid parameter may reach (``PDM::Clamp``).
 N_SIGMAS = 3.0
@@ -86,29 +86,20 @@ def _jacobian_nb(xyz, rot, s, pc, with_modes):
 
 
 @_njit
-def _update_start_nb(dp, g):
-    """New global parameters with scale and translation added (float32), and the
-    small-rotation matrix ``[[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]]``."""
+def _update_global_nb(dp, g):
+    """``PDM::UpdateModelParameters`` on the global parameters: scale and
+    translation added in float32, the rotation ``(wx, wy, wz)`` composed through
+    rotation matrices (:func:`~clnfdiag.rotation.compose_rotation_nb`: OpenCV's
+    SVD/gemm, ``cv::Rodrigues``, single-precision libm), all compiled."""
     g2 = g.copy()
     g2[0] = g[0] + dp[0]
     g2[4] = g[4] + dp[4]
     g2[5] = g[5] + dp[5]
-    wx, wy, wz = dp[1], dp[2], dp[3]
-    small = np.empty((3, 3), dtype=np.float32)
-    small[0, 0], small[0, 1], small[0, 2] = 1, -wz, wy
-    small[1, 0], small[1, 1], small[1, 2] = wz, 1, -wx
-    small[2, 0], small[2, 1], small[2, 2] = -wy, wx, 1
-    return g2, small
-
-
-@_njit
-def _matmul33_nb(a, b):
-    """3x3 float32 product summed in float32 in the order k = 0, 1, 2."""
-    out = np.empty((3, 3), dtype=np.float32)
-    for i in range(3):
-        for j in range(3):
-            out[i, j] = a[i, 0] * b[0, j] + a[i, 1] * b[1, j] + a[i, 2] * b[2, j]
-    return out
+    e = compose_rotation_nb(g[1:4], dp[1], dp[2], dp[3])
+    g2[1] = e[0]
+    g2[2] = e[1]
+    g2[3] = e[2]
+    return g2
 
 
 @_njit
@@ -160,8 +151,9 @@ class PDM:
         # OpenFace's stacked column vectors can be used without index arithmetic.
         self._mean_xyz = self.mean_shape.reshape(3, n)
         self._pc_xyz = self.princ_comp.reshape(3, n, self.n_modes)
-        self._mean_xyz64 = self._mean_xyz.astype(np.float64)
-        self._pc_xyz64 = self._pc_xyz.astype(np.float64)
+        # CalcShape3D's operands: the mean as one vector, the components mode-major.
+        self._mean_flat = np.ascontiguousarray(self.mean_shape.reshape(-1))
+        self._pc_t = np.ascontiguousarray(self.princ_comp.reshape(-1, self.n_modes).T)
         #: ``PDM::Clamp``'s bound, 3 sqrt(eigenvalue) in float32.
         self._clamp_bound = F32(N_SIGMAS) * np.sqrt(self.eigen_values)
 
@@ -199,18 +191,40 @@ class PDM:
         return self._shape_3d_xyz(params_local).T.copy()
 
     def _shape_3d_xyz(self, params_local) -> np.ndarray:
-        """(3, n) float32 rows ``X, Y, Z``.
+        """(3, n) float32 rows ``X, Y, Z`` (``PDM::CalcShape3D``).
 
-        OpenFace evaluates ``mean + princ_comp * p`` as one OpenCV gemm, which
-        accumulates float inputs in double and rounds once. Doing the same in
-        float64 also keeps the result independent of how many threads BLAS
-        uses (a float32 matmul is not: its summation order follows the
-        thread split, and the fit amplifies such last-bit differences).
+        OpenFace computes ``mean + princ_comp * p`` with ``sgemm_(N, N, 1, 3n,
+        m, 1, p, 1, V, m, 1, shape, 1)`` onto a copy of the mean: OpenBLAS's
+        small-matrix kernel with M = 1, i.e. per coordinate 16 FMA lanes over
+        the modes and an addition tree (m = 34, 32), or one FMA chain (m = 10),
+        then ``mean + sum`` rounded once (:func:`gemv_m1_nb`). Zeros for
+        ``params_local=None``, through the same arithmetic (a -0 in the mean
+        comes out +0, as in the C++).
         """
         if params_local is None:
-            return self._mean_xyz.copy()
-        p = _as_f32(params_local, (self.n_modes,)).astype(np.float64)
-        return (self._mean_xyz64 + self._pc_xyz64 @ p).astype(F32)
+            p = self.zero_local()
+        else:
+            p = np.ascontiguousarray(_as_f32(params_local, (self.n_modes,)))
+        out = np.empty(self._mean_flat.shape[0], dtype=F32)
+        gemv_m1_nb(p, self._pc_t, self._mean_flat, out, True)
+        return out.reshape(3, self.n_points)
+
+    def _shape_3d_gemm(self, params_local: np.ndarray) -> np.ndarray:
+        """(3, n) float32 ``M + V * p`` as the OpenCV matrix expression of
+        ``PDM::CalcParams`` computes it (``cv::gemm(V, p, 1, M, 1)``).
+
+        With 100 rows or more OpenCV hands the product to BLAS (``cblas_sgemm``
+        onto a copy of M, beta 1): the same small-kernel arithmetic as
+        :meth:`_shape_3d_xyz`. Below (the eyes' 84 rows) OpenCV's own gemm:
+        double sums in four interleaved accumulators, one rounding
+        (:func:`opencv_gemv_add_nb`).
+        """
+        if self._mean_flat.shape[0] >= 100:
+            return self._shape_3d_xyz(params_local)
+        p = np.ascontiguousarray(_as_f32(params_local, (self.n_modes,)))
+        out = np.empty(self._mean_flat.shape[0], dtype=F32)
+        opencv_gemv_add_nb(self.princ_comp.reshape(-1, self.n_modes), p, self._mean_flat, out)
+        return out.reshape(3, self.n_points)
 
     def calc_shape_2d(self, params_local, params_global) -> np.ndarray:
         """Image-space landmarks by weak perspective (``PDM::CalcShape2D``).
@@ -281,7 +295,9 @@ class PDM:
         """
         bx, by, bw, bh = _as_f32(bbox_xywh, (4,))
         rot = _as_f32(rotation, (3,))
-        rotated = euler_to_rotation_matrix(rot) @ self._shape_3d_xyz(params_local)
+        # ``cv::Mat(R) * shape``: OpenCV's gemm, float32 sums of three products.
+        rotated = gemm_f32(euler_to_rotation_matrix(rot), self._shape_3d_xyz(params_local),
+                           1.0, _NO_C, 0.0, 0)
         # cv::minMaxLoc hands back doubles; the C++ keeps them as doubles below.
         min_x, max_x = float(rotated[0].min()), float(rotated[0].max())
         min_y, max_y = float(rotated[1].min()), float(rotated[1].max())
@@ -303,13 +319,15 @@ class PDM:
         fails to drop by 0.1 % (the counter is never reset), or after ``max_iter``.
         Landmarks whose x coordinate is exactly 0 are treated as missing.
 
-        The arithmetic is OpenFace's: the 3D shape ``M + V p``, the projection, the
-        right-hand side ``J^T r - R p`` and the solve run through the same OpenCV
-        calls (``cv2.gemm``, ``cv2.solve(DECOMP_CHOLESKY)`` on float32), the Hessian
-        is the OpenBLAS sgemm emulation of the NU-RLMS. Measured against the
-        golden refits: scale within 1.2e-7 relative, rotation 3.4e-7 rad, local
-        parameters 1.5e-4, landmarks 6.1e-5 px (float32 rounding of the end point
-        of a 1000-iteration loop; not bit-identical).
+        The arithmetic is OpenFace's: the projection and the right-hand side
+        ``J^T r - R p`` are OpenCV's own gemm
+        (:func:`~clnfdiag.numerics.cvlinalg.gemm_f32`), the rotation update
+        OpenCV's SVD and ``cv::Rodrigues`` (:mod:`.rotation`), the solve is
+        ``cv::solve(DECOMP_CHOLESKY)`` emulated
+        (:func:`~clnfdiag.numerics.cholesky.solve_cholesky`); the 3D shape
+        ``M + V p`` (OpenCV's gemm: OpenBLAS's small kernel from 100 rows, its own
+        double sums below) and the Hessian (OpenBLAS's small kernel) are exact
+        ports (:mod:`clnfdiag.numerics.sgemm`).
 
         Parameters
         ----------
@@ -363,12 +381,13 @@ class PDM:
     def _fit_landmarks(self, lm: np.ndarray, rotation: np.ndarray,
                        max_iter: int) -> tuple[np.ndarray, np.ndarray]:
         # Operation by operation as PDM::CalcParams; where the C++ uses an OpenCV
-        # matrix expression the same OpenCV function runs here (cv2.gemm, cv2.solve).
+        # matrix expression its arithmetic runs here (gemm_f32), as do
+        # ``M + V * p`` (:meth:`_shape_3d_gemm`), the Hessian (the OpenBLAS small
+        # kernel, :func:`hessian_nb`) and the solve (:func:`solve_cholesky`), ported exactly.
         # The rotation matrix of the current global parameters is computed once
-        # per parameter value (the same np.sin/np.cos and float32 products as
-        # euler_to_rotation_matrix) and shared by the projections and the Jacobian.
-        n = self.n_points
-        reg, reg_modes, mean_col, model_box = self._fit_constants()
+        # per parameter value (euler_to_rotation_matrix's kernel) and shared by
+        # the projections and the Jacobian.
+        reg, reg_modes, _, model_box = self._fit_constants()
         target = np.concatenate([lm[:, 0], lm[:, 1]]).reshape(-1, 1)
         lo, hi = lm.min(axis=0), lm.max(axis=0)
         width, height = np.abs(lo[0] - hi[0]), np.abs(lo[1] - hi[1])
@@ -376,35 +395,40 @@ class PDM:
         centre = (lo + hi) / F32(2)
         glob = np.array([scaling, *rotation, centre[0], centre[1]], dtype=F32)
         loc = self.zero_local()
-        princ_comp, pc_xyz = self.princ_comp, self._pc_xyz
-        mean64, pc64 = self._mean_xyz64, self._pc_xyz64
+        pc_xyz = self._pc_xyz
+        # OpenCV's ``M + V * p`` goes to BLAS from 100 rows on: then it is CalcShape3D's sum.
+        gemm_is_sgemm = self._mean_flat.shape[0] >= 100
 
         def rotation_of(g):
-            e = g[1:4]
-            return _euler_matrix_nb(np.sin(e), np.cos(e))
+            return euler_matrix_nb(g[1], g[2], g[3])
 
         def project_gemm(xyz, rot, g):
-            # ``s * X^T * R_2D^T`` as one gemm (alpha = s); the translation is
-            # added by the caller's kernel.
-            return cv2.gemm(xyz, rot[:2], float(g[0]), None, 0.0,
-                            flags=cv2.GEMM_1_T | cv2.GEMM_2_T)
+            # ``s * X^T * R_2D^T`` as one gemm (alpha = s, OpenCV's own double
+            # sums); the translation is added by the caller's kernel.
+            return gemm_f32(xyz, np.ascontiguousarray(rot[:2]), g[0], _NO_C, 0.0,
+                            GEMM_1_T | GEMM_2_T)
 
         rot = rotation_of(glob)
         # The starting error uses CalcShape2D's explicit float loop.
-        xyz0 = (mean64 + pc64 @ loc.astype(np.float64)).astype(F32)
+        xyz0 = self._shape_3d_gemm(loc)
         curr_error = _norm(_stack_xy(_project_nb(xyz0, rot, glob).T.copy()) - target[:, 0])
         not_improved = 0
         for _ in range(max_iter):
-            # ``M + V * p``: one OpenCV gemm (beta = 1), not the sgemm of CalcShape3D.
-            xyz = cv2.gemm(princ_comp, loc.reshape(-1, 1), 1.0, mean_col, 1.0).reshape(3, n)
+            # ``M + V * p``: one OpenCV gemm (beta = 1).
+            xyz = self._shape_3d_gemm(loc)
             resid = _translate_diff_nb(project_gemm(xyz, rot, glob), glob, target, True)
-            xyz_j = (mean64 + pc64 @ loc.astype(np.float64)).astype(F32)
+            # ComputeJacobian's own CalcShape3D (sgemm_).
+            xyz_j = xyz if gemm_is_sgemm else self._shape_3d_xyz(loc)
             jac = _jacobian_nb(xyz_j, rot, glob[0], pc_xyz, True)
-            rhs = cv2.gemm(jac, resid, 1.0, None, 0.0, flags=cv2.GEMM_1_T)
-            # ``rhs - R p`` is one gemm expression: exact products, one rounding.
-            rhs[6:] = cv2.gemm(reg_modes, loc.reshape(-1, 1), -1.0, rhs[6:].copy(), 1.0)
-            hessian = _fma_chain_sym_nb(jac, reg, True)
-            ok, delta = cv2.solve(hessian, rhs, flags=cv2.DECOMP_CHOLESKY)
+            # ``J_w_t * error_resid`` with ``J_w_t = J^T`` a (6 + m, 2n) matrix: OpenCV's
+            # own gemm (fewer than 100 rows), four float64 accumulators, one rounding.
+            rhs = gemm_f32(np.ascontiguousarray(jac.T), resid, 1.0, _NO_C, 0.0, 0)
+            # ``rhs - R p`` is one gemm expression (alpha -1, beta 1), same arithmetic.
+            rhs[6:] = gemm_f32(reg_modes, loc.reshape(-1, 1), -1.0,
+                               np.ascontiguousarray(rhs[6:]), 1.0, 0)
+            hessian = hessian_nb(jac, jac, reg)    # unit weights: J_w_t = J^T
+            # cv::solve(DECOMP_CHOLESKY) emulated: OpenCV's own small-matrix Cholesky.
+            delta, ok = solve_cholesky(hessian, rhs)
             if not ok:
                 delta = np.zeros_like(rhs)
             delta = delta.reshape(-1) * F32(0.75)
@@ -484,18 +508,7 @@ class PDM:
         """
         dp = np.ascontiguousarray(delta_p, dtype=F32).reshape(-1)
         loc = _as_f32(params_local, (self.n_modes,))
-        # g[[0, 4, 5]] += dp[[0, 4, 5]]; small = [[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]]
-        g, small = _update_start_nb(dp, np.ascontiguousarray(params_global, dtype=F32).reshape(6))
-        # euler_to_rotation_matrix(g[1:4]) and orthonormalise(small), inlined:
-        # the same numpy/LAPACK calls on the same arrays.
-        e = g[1:4]
-        rot = _euler_matrix_nb(np.sin(e), np.cos(e))
-        u, _, vt = _svd(small.astype(np.float64))
-        d = _det(u @ vt)
-        orth = (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
-        euler = axis_angle_to_euler(rotation_matrix_to_axis_angle(_matmul33_nb(rot, orth)))
-        e0, e1, e2 = euler.tolist()
-        g[1:4] = 0 if (math.isnan(e0) or math.isnan(e1) or math.isnan(e2)) else euler
+        g = _update_global_nb(dp, np.ascontiguousarray(params_global, dtype=F32).reshape(6))
         if dp.shape[0] > 6:
             loc = loc + dp[6:6 + self.n_modes]
         else:
@@ -538,46 +551,10 @@ class PDM:
 # ---------------------------------------------------------------- helpers
 def _update_fit_params(dp, loc, g0):
     """:meth:`PDM.update_parameters` for contiguous float32 ``dp`` (6 + m,),
-    ``loc`` (m,), ``g0`` (6,), with the rotation helpers inlined (the same numpy,
-    LAPACK and compiled calls on the same arrays, without the argument
-    conversions); also returns the rotation matrix of the new parameters
-    (``euler_to_rotation_matrix(g[1:4])``)."""
-    g, small = _update_start_nb(dp, g0)
-    e = g[1:4]
-    rot = _euler_matrix_nb(np.sin(e), np.cos(e))
-    u, _, vt = _svd(small.astype(np.float64))
-    d = _det(u @ vt)
-    orth = (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
-    # rotation_matrix_to_axis_angle(rot @ orth)
-    m = _matmul33_nb(rot, orth).astype(np.float64)
-    if not _in_range_nb(m):
-        aa = np.zeros(3, dtype=F32)
-    else:
-        u, _, vt = _svd(m)
-        m = u @ vt
-        r = _skew_vector_nb(m)
-        s = math.sqrt((r @ r) * 0.25)
-        c = min(max((m[0, 0] + m[1, 1] + m[2, 2] - 1.0) * 0.5, -1.0), 1.0)
-        theta = np.arccos(c)
-        if s >= 1e-5:
-            aa = _scaled_f32_nb(r, float(theta / (2.0 * s)))
-        elif c > 0:
-            aa = np.zeros(3, dtype=F32)
-        else:
-            aa = _half_turn_axis(m, theta).astype(F32)
-    # axis_angle_to_euler(aa) = rotation_matrix_to_euler(axis_angle_to_rotation_matrix(aa))
-    r = aa.astype(np.float64)
-    theta = math.sqrt(r @ r)
-    if theta < _EPS64:
-        rm = np.eye(3, dtype=F32)
-    else:
-        rm = _rodrigues_matrix_nb(float(np.cos(theta)), float(np.sin(theta)), r / theta)
-    t = _quaternion_terms_nb(rm)
-    euler = np.array([np.arctan2(t[1], t[2]), np.arcsin(t[0]), np.arctan2(t[3], t[4])], dtype=F32)
-    e0, e1, e2 = euler.tolist()
-    g[1:4] = 0 if (math.isnan(e0) or math.isnan(e1) or math.isnan(e2)) else euler
-    e = g[1:4]
-    return loc + dp[6:6 + loc.shape[0]], g, _euler_matrix_nb(np.sin(e), np.cos(e))
+    ``loc`` (m,), ``g0`` (6,) without the argument conversions; also returns
+    the rotation matrix of the new parameters (``euler_to_rotation_matrix(g[1:4])``)."""
+    g = _update_global_nb(dp, g0)
+    return loc + dp[6:6 + loc.shape[0]], g, euler_matrix_nb(g[1], g[2], g[3])
 
 
 def _stack_xy(xy: np.ndarray) -> np.ndarray:
@@ -586,9 +563,9 @@ def _stack_xy(xy: np.ndarray) -> np.ndarray:
 
 
 def _norm(v: np.ndarray) -> np.float32:
-    """``cv::norm`` of a float32 vector: accumulated in float64, stored as float."""
-    v64 = v.astype(np.float64)
-    return F32(np.sqrt(v64 @ v64))
+    """``(float)cv::norm(v)`` of a float32 vector (OpenCV's float64 sum of squares,
+    :func:`~clnfdiag.numerics.cvlinalg.norm_l2_f32`)."""
+    return F32(norm_l2_f32(np.ascontiguousarray(v, dtype=F32).reshape(-1)))
 
 
 def zero_invisible_rows(jac: np.ndarray, visibilities) -> np.ndarray:

@@ -2,51 +2,41 @@
 
 Conventions follow OpenFace: Euler angles are ``(pitch, yaw, roll)`` = rotations about
 x, y, z, composed as ``R = Rx @ Ry @ Rz``. Euler <-> matrix conversions run in float32
-because OpenFace does them on ``cv::Matx33f`` / ``cv::Vec3f``; the axis-angle
-conversions go through ``cv::Rodrigues``, which works in float64 internally and only
-rounds its result to float32, so they are done in float64 here too.
+because OpenFace does them on ``cv::Matx33f`` / ``cv::Vec3f`` with the single-precision
+libm (``sinf``, ``cosf``, ``asinf``, ``atan2f``); the axis-angle conversions go through
+``cv::Rodrigues``, which works in float64 (OpenCV's own Jacobi SVD, ``cos``, ``sin``,
+``acos``) and only rounds its result to float32.
+
+Everything is compiled, in the C++ order of operations (:mod:`clnfdiag.numerics`:
+OpenCV's SVD/gemm/determinant ports and the libm calls whose results do not depend on
+the CPU), so the values are the goldens' bits on any CPU. The ``*_nb`` kernels are
+used directly by :mod:`clnfdiag.pdm`.
 """
 from __future__ import annotations
 
 import math
 
-import numba
 import numpy as np
-from numpy.linalg import _umath_linalg
+
+from .numerics import libm, njit_np
+from .numerics.cvlinalg import det3, gemm_f32, matx_mul, svd_f32, svd_f64
 
 F32 = np.float32
 
-# The float32/float64 arithmetic between the transcendental calls is compiled
-# (numba, no fastmath, numpy error model: a float division by zero gives inf or
-# NaN as in numpy). Transcendentals (numpy's own float32 sin/cos/arcsin/arctan2
-# loops), LAPACK (SVD, determinant) and BLAS products (``@``) stay numpy calls,
-# so every value is the one the plain numpy expressions give.
-_njit = numba.njit(cache=True, nogil=True, error_model="numpy")
+_EPS64 = float(np.finfo(np.float64).eps)
 
 
-def _svd(m64: np.ndarray):
-    """``np.linalg.svd`` of a finite 3x3 float64 matrix without the wrapper's
-    overhead: the same LAPACK gufunc with the same signature. Non-finite input
-    (or a non-converged result) goes through ``np.linalg.svd`` itself, for its
-    error handling."""
-    # The checks only pick the path (both give the same values when they succeed).
-    if not math.isfinite(sum(m64.ravel().tolist())):
-        return np.linalg.svd(m64)
-    u, s, vt = _umath_linalg.svd_f(m64, signature="d->ddd")
-    if not math.isfinite(sum(s.tolist())):   # pragma: no cover - LAPACK did not converge
-        return np.linalg.svd(m64)
-    return u, s, vt
+# ------------------------------------------------------------- Euler angles
+@njit_np
+def euler_matrix_nb(e0, e1, e2):
+    """``Euler2RotationMatrix``: float32 sines/cosines (``sinf``/``cosf``) and the
+    products grouped left to right as the C++ expressions are::
 
-
-def _det(m64: np.ndarray) -> np.float64:
-    """``np.linalg.det`` of a 3x3 float64 matrix (same LAPACK gufunc)."""
-    return _umath_linalg.det(m64, signature="d->d")
-
-
-@_njit
-def _euler_matrix_nb(s, c):
-    s1, s2, s3 = s[0], s[1], s[2]
-    c1, c2, c3 = c[0], c[1], c[2]
+        [[c2 c3, -c2 s3, s2], [c1 s3 + c3 s1 s2, c1 c3 - s1 s2 s3, -c2 s1],
+         [s1 s3 - c1 c3 s2, c3 s1 + c1 s2 s3, c1 c2]]
+    """
+    s1, s2, s3 = libm.sinf(e0), libm.sinf(e1), libm.sinf(e2)
+    c1, c2, c3 = libm.cosf(e0), libm.cosf(e1), libm.cosf(e2)
     out = np.empty((3, 3), dtype=np.float32)
     out[0, 0] = c2 * c3
     out[0, 1] = -c2 * s3
@@ -60,78 +50,158 @@ def _euler_matrix_nb(s, c):
     return out
 
 
-@_njit
-def _quaternion_terms_nb(r):
-    """float32 ``[sin(yaw), pitch y, pitch x, roll y, roll x]`` of RotationMatrix2Euler."""
+@njit_np
+def matrix_euler_nb(r):
+    """``RotationMatrix2Euler``: float32 quaternion, ``t1`` clipped to [-1, 1],
+    yaw ``asinf(t1)``, pitch and roll by ``atan2f``. (3,) float32 ``(pitch, yaw, roll)``."""
     one, two, four = np.float32(1), np.float32(2), np.float32(4)
-    q0 = np.sqrt(one + r[0, 0] + r[1, 1] + r[2, 2]) / two
+    q0 = np.float32(math.sqrt(one + r[0, 0] + r[1, 1] + r[2, 2])) / two
     q1 = (r[2, 1] - r[1, 2]) / (four * q0)
     q2 = (r[0, 2] - r[2, 0]) / (four * q0)
     q3 = (r[1, 0] - r[0, 1]) / (four * q0)
     t1 = two * (q0 * q2 + q1 * q3)
-    if t1 < np.float32(-1):           # np.clip; NaN passes through
-        t1 = np.float32(-1)
-    elif t1 > one:
+    if t1 > one:
         t1 = one
-    out = np.empty(5, dtype=np.float32)
-    out[0] = t1
-    out[1] = two * (q0 * q1 - q2 * q3)
-    out[2] = q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3
-    out[3] = two * (q0 * q3 - q1 * q2)
-    out[4] = q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3
-    return out
-
-
-@_njit
-def _rodrigues_matrix_nb(c, s, u):
-    """``c * I + (1 - c) * outer(u, u) + s * skew(u)`` in float64, element by
-    element as the numpy expression, rounded to float32."""
-    skew = np.zeros((3, 3))
-    skew[0, 1] = -u[2]
-    skew[0, 2] = u[1]
-    skew[1, 0] = u[2]
-    skew[1, 2] = -u[0]
-    skew[2, 0] = -u[1]
-    skew[2, 1] = u[0]
-    out = np.empty((3, 3), dtype=np.float32)
-    omc = 1.0 - c
-    for i in range(3):
-        for j in range(3):
-            eye = 1.0 if i == j else 0.0
-            out[i, j] = np.float32(c * eye + omc * (u[i] * u[j]) + s * skew[i, j])
-    return out
-
-
-@_njit
-def _in_range_nb(m):
-    """``np.all(np.abs(m) < 100.0)`` (False on NaN)."""
-    for i in range(3):
-        for j in range(3):
-            if not abs(m[i, j]) < 100.0:
-                return False
-    return True
-
-
-@_njit
-def _skew_vector_nb(m):
-    """``[m21 - m12, m02 - m20, m10 - m01]`` (float64)."""
-    r = np.empty(3)
-    r[0] = m[2, 1] - m[1, 2]
-    r[1] = m[0, 2] - m[2, 0]
-    r[2] = m[1, 0] - m[0, 1]
-    return r
-
-
-@_njit
-def _scaled_f32_nb(r, f):
-    """``(r * f).astype(float32)``."""
+    if t1 < -one:
+        t1 = -one
     out = np.empty(3, dtype=np.float32)
-    for i in range(3):
-        out[i] = np.float32(r[i] * f)
+    out[1] = libm.asinf(t1)
+    out[0] = libm.atan2f(two * (q0 * q1 - q2 * q3), q0 * q0 - q1 * q1 - q2 * q2 + q3 * q3)
+    out[2] = libm.atan2f(two * (q0 * q3 - q1 * q2), q0 * q0 + q1 * q1 - q2 * q2 - q3 * q3)
     return out
 
 
-_EPS64 = float(np.finfo(np.float64).eps)
+# ------------------------------------------------------------- cv::Rodrigues
+@njit_np
+def rodrigues_vec_nb(r0, r1, r2):
+    """``cv::Rodrigues`` vector -> (3, 3) float32 matrix (float32 vector in, as OpenFace passes).
+
+    ``theta = |r|`` in float64; below DBL_EPSILON the identity; else
+    ``r *= 1/theta`` and ``c I + (1 - c) r r^T + s [r]x`` element by element, rounded once.
+    """
+    rx = np.float64(r0)
+    ry = np.float64(r1)
+    rz = np.float64(r2)
+    out = np.zeros((3, 3), dtype=np.float32)
+    theta = math.sqrt(rx * rx + ry * ry + rz * rz)
+    if theta < _EPS64:
+        out[0, 0] = 1
+        out[1, 1] = 1
+        out[2, 2] = 1
+        return out
+    c = libm.cos(theta)
+    s = libm.sin(theta)
+    c1 = 1.0 - c
+    itheta = 1.0 / theta
+    rx *= itheta
+    ry *= itheta
+    rz *= itheta
+    rrt = (rx * rx, rx * ry, rx * rz, rx * ry, ry * ry, ry * rz, rx * rz, ry * rz, rz * rz)
+    rsk = (0.0, -rz, ry, rz, 0.0, -rx, -ry, rx, 0.0)
+    eye = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+    for k in range(9):
+        out[k // 3, k % 3] = c * eye[k] + c1 * rrt[k] + s * rsk[k]
+    return out
+
+
+@njit_np
+def rodrigues_mat_nb(r32):
+    """``cv::Rodrigues`` (3, 3) float32 matrix -> (3,) float32 vector.
+
+    Converted to float64; outside [-100, 100) (or NaN) a zero vector. The nearest
+    rotation ``U Vt`` from OpenCV's float64 Jacobi SVD (a ``Matx`` product),
+    ``s = |skew| / 2``, ``c = (trace - 1) / 2`` clipped, ``theta = acos(c)``;
+    ``r * (theta * (1 / (2 s)))``, or the half-turn / zero cases for ``s < 1e-5``.
+    """
+    m = np.empty((3, 3))
+    out = np.zeros(3, dtype=np.float32)
+    for i in range(3):
+        for j in range(3):
+            v = np.float64(r32[i, j])
+            if not (v >= -100.0 and v < 100.0):
+                return out
+            m[i, j] = v
+    _w, u, vt = svd_f64(m)
+    rr = matx_mul(u, vt)
+    rx = rr[2, 1] - rr[1, 2]
+    ry = rr[0, 2] - rr[2, 0]
+    rz = rr[1, 0] - rr[0, 1]
+    s = math.sqrt((rx * rx + ry * ry + rz * rz) * 0.25)
+    c = (rr[0, 0] + rr[1, 1] + rr[2, 2] - 1.0) * 0.5
+    c = 1.0 if c > 1.0 else (-1.0 if c < -1.0 else c)
+    theta = libm.acos(c)
+    if s < 1e-5:
+        if c > 0:
+            rx = 0.0
+            ry = 0.0
+            rz = 0.0
+        else:
+            t = (rr[0, 0] + 1.0) * 0.5
+            rx = math.sqrt(max(t, 0.0))
+            t = (rr[1, 1] + 1.0) * 0.5
+            ry = math.sqrt(max(t, 0.0)) * (-1.0 if rr[0, 1] < 0 else 1.0)
+            t = (rr[2, 2] + 1.0) * 0.5
+            rz = math.sqrt(max(t, 0.0)) * (-1.0 if rr[0, 2] < 0 else 1.0)
+            if abs(rx) < abs(ry) and abs(rx) < abs(rz) and (rr[1, 2] > 0) != (ry * rz > 0):
+                rz = -rz
+            theta /= math.sqrt(rx * rx + ry * ry + rz * rz)
+            rx *= theta
+            ry *= theta
+            rz *= theta
+    else:
+        vth = 1.0 / (2.0 * s)
+        vth *= theta
+        rx *= vth
+        ry *= vth
+        rz *= vth
+    out[0] = rx
+    out[1] = ry
+    out[2] = rz
+    return out
+
+
+# ------------------------------------------------------------- PDM::Orthonormalise
+@njit_np
+def orthonormalise_nb(r):
+    """``PDM::Orthonormalise``: ``U diag(1, 1, (float)det(U Vt)) Vt`` with OpenCV's
+    float32 Jacobi SVD, its 3x3 gemm (flags 0: float32 sums) and determinant."""
+    none = np.zeros((0, 0), dtype=np.float32)
+    _w, u, vt = svd_f32(r)
+    x = gemm_f32(u, vt, 1.0, none, 0.0, 0)
+    w = np.eye(3, dtype=np.float32)
+    w[2, 2] = det3(x)
+    return gemm_f32(gemm_f32(u, w, 1.0, none, 0.0, 0), vt, 1.0, none, 0.0, 0)
+
+
+@njit_np
+def compose_rotation_nb(euler, wx, wy, wz):
+    """The rotation part of ``PDM::UpdateModelParameters``: ``R1 = Euler(euler)``,
+    ``R2 = Orthonormalise([[1, -wz, wy], [wz, 1, -wx], [-wy, wx, 1]])``, ``R1 R2`` as a
+    ``Matx33f`` product, then back to Euler angles through ``cv::Rodrigues`` twice.
+    (3,) float32; zeros if any angle is NaN (OpenFace's guard)."""
+    r1 = euler_matrix_nb(euler[0], euler[1], euler[2])
+    r2 = np.eye(3, dtype=np.float32)
+    r2[2, 1] = wx
+    r2[1, 2] = -wx
+    r2[0, 2] = wy
+    r2[2, 0] = -wy
+    r2[1, 0] = wz
+    r2[0, 1] = -wz
+    r3 = matx_mul(r1, orthonormalise_nb(r2))
+    aa = rodrigues_mat_nb(r3)
+    e = matrix_euler_nb(rodrigues_vec_nb(aa[0], aa[1], aa[2]))
+    if math.isnan(e[0]) or math.isnan(e[1]) or math.isnan(e[2]):
+        e[:] = 0
+    return e
+
+
+# ------------------------------------------------------------- public API
+def _vec3(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=F32).reshape(3)
+
+
+def _mat3(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=F32).reshape(3, 3)
 
 
 def euler_to_rotation_matrix(euler) -> np.ndarray:
@@ -147,12 +217,8 @@ def euler_to_rotation_matrix(euler) -> np.ndarray:
     (3, 3) float32
         ``Rx(pitch) @ Ry(yaw) @ Rz(roll)``.
     """
-    e = np.asarray(euler, dtype=F32).reshape(3)
-    # Products grouped left to right as the C++ expressions are, so that float32
-    # rounding happens at the same places (:func:`_euler_matrix_nb`):
-    # [[c2 c3, -c2 s3, s2], [c1 s3 + c3 s1 s2, c1 c3 - s1 s2 s3, -c2 s1],
-    #  [s1 s3 - c1 c3 s2, c3 s1 + c1 s2 s3, c1 c2]].
-    return _euler_matrix_nb(np.sin(e), np.cos(e))
+    e = _vec3(euler)
+    return euler_matrix_nb(e[0], e[1], e[2])
 
 
 def rotation_matrix_to_euler(rot) -> np.ndarray:
@@ -169,14 +235,7 @@ def rotation_matrix_to_euler(rot) -> np.ndarray:
         ``(pitch, yaw, roll)``. The quaternion route is undefined for rotations of
         180 degrees (``q0 = 0``): NaNs come out then, as in OpenFace.
     """
-    r = np.ascontiguousarray(rot, dtype=F32).reshape(3, 3)
-    # q0 = sqrt(1 + trace) / 2, q1..q3 from the skew part over 4 q0, all float32;
-    # rounding can push the sine of the yaw just past +-1: clipped.
-    t = _quaternion_terms_nb(r)
-    yaw = np.arcsin(t[0])
-    pitch = np.arctan2(t[1], t[2])
-    roll = np.arctan2(t[3], t[4])
-    return np.array([pitch, yaw, roll], dtype=F32)
+    return matrix_euler_nb(_mat3(rot))
 
 
 def axis_angle_to_rotation_matrix(axis_angle) -> np.ndarray:
@@ -193,14 +252,8 @@ def axis_angle_to_rotation_matrix(axis_angle) -> np.ndarray:
     (3, 3) float32
         Computed in float64 and rounded once, as OpenCV does.
     """
-    r = np.asarray(axis_angle, dtype=F32).reshape(3).astype(np.float64)
-    theta = math.sqrt(r @ r)                          # correctly rounded, as np.sqrt
-    if theta < _EPS64:
-        return np.eye(3, dtype=F32)
-    c, s = np.cos(theta), np.sin(theta)
-    u = r / theta
-    # c * I + (1 - c) * outer(u, u) + s * [u]x, in float64, rounded once.
-    return _rodrigues_matrix_nb(float(c), float(s), u)
+    r = _vec3(axis_angle)
+    return rodrigues_vec_nb(r[0], r[1], r[2])
 
 
 def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
@@ -216,38 +269,10 @@ def rotation_matrix_to_axis_angle(rot) -> np.ndarray:
     -------
     (3,) float32
         OpenCV first replaces the matrix by its nearest rotation (``U @ Vt`` of its
-        SVD) and works in float64 throughout; only the result is rounded.
+        SVD) and works in float64 throughout; only the result is rounded. A matrix
+        with an entry outside [-100, 100) gives a zero vector.
     """
-    m = np.asarray(rot, dtype=F32).reshape(3, 3).astype(np.float64)
-    if not _in_range_nb(m):
-        # OpenCV's range check gives a zero vector for garbage input.
-        return np.zeros(3, dtype=F32)
-    u, _, vt = _svd(m)
-    m = u @ vt
-    r = _skew_vector_nb(m)
-    s = math.sqrt((r @ r) * 0.25)                     # correctly rounded, as np.sqrt
-    c = min(max((m[0, 0] + m[1, 1] + m[2, 2] - 1.0) * 0.5, -1.0), 1.0)
-    theta = np.arccos(c)
-    if s >= 1e-5:
-        return _scaled_f32_nb(r, float(theta / (2.0 * s)))
-    if c > 0:
-        return np.zeros(3, dtype=F32)
-    return _half_turn_axis(m, theta).astype(F32)
-
-
-def _half_turn_axis(m: np.ndarray, theta: float) -> np.ndarray:
-    """Axis-angle of a rotation by about 180 degrees, where the skew part vanishes.
-
-    The axis comes from the diagonal; signs are recovered from off-diagonal terms
-    the way OpenCV does it.
-    """
-    x = np.sqrt(max((m[0, 0] + 1.0) * 0.5, 0.0))
-    y = np.sqrt(max((m[1, 1] + 1.0) * 0.5, 0.0)) * (-1.0 if m[0, 1] < 0 else 1.0)
-    z = np.sqrt(max((m[2, 2] + 1.0) * 0.5, 0.0)) * (-1.0 if m[0, 2] < 0 else 1.0)
-    if abs(x) < abs(y) and abs(x) < abs(z) and (m[1, 2] > 0) != (y * z > 0):
-        z = -z
-    r = np.array([x, y, z])
-    return r * (theta / np.sqrt(r @ r))
+    return rodrigues_mat_nb(_mat3(rot))
 
 
 def euler_to_axis_angle(euler) -> np.ndarray:
@@ -274,7 +299,8 @@ def orthonormalise(rot) -> np.ndarray:
     """Nearest proper rotation to a 3x3 matrix (``PDM::Orthonormalise``).
 
     Takes ``U @ diag(1, 1, det(U @ Vt)) @ Vt`` from the SVD so that a reflection is
-    never returned.
+    never returned (the determinant is rounded to float32 first, as OpenFace
+    stores it in a float matrix).
 
     Parameters
     ----------
@@ -284,10 +310,6 @@ def orthonormalise(rot) -> np.ndarray:
     Returns
     -------
     (3, 3) float32
-        The SVD is done in float64 and rounded once; OpenCV's float32 Jacobi SVD
-        lands within a few float32 ulps of that.
+        OpenCV's float32 Jacobi SVD and gemm, operation for operation.
     """
-    m = np.asarray(rot, dtype=F32).astype(np.float64)
-    u, _, vt = _svd(m)
-    d = _det(u @ vt)
-    return (u @ np.diag([1.0, 1.0, d]) @ vt).astype(F32)
+    return orthonormalise_nb(_mat3(rot))

@@ -50,6 +50,33 @@ MAX_WORST = 10
 _GLOBAL_GROUPS = (slice(0, 1), slice(1, 4), slice(4, 6))
 
 
+def bit_identical(candidate: Any, golden: np.ndarray) -> np.ndarray:
+    """Elementwise bit identity of a candidate stage with the golden's.
+
+    Parameters
+    ----------
+    candidate : array_like
+        Cast to the golden's dtype first (a value that survives the cast
+        unchanged is the golden's type of value).
+    golden : ndarray
+
+    Returns
+    -------
+    ndarray of bool, the golden's shape
+        True where the two values have the same bits (so ``-0.0`` differs from
+        ``0.0`` and a NaN equals a NaN of the same payload); all False when the
+        shapes differ.
+    """
+    g = np.ascontiguousarray(golden)
+    c = np.ascontiguousarray(np.asarray(candidate).astype(g.dtype, copy=False))
+    if c.shape != g.shape:
+        return np.zeros(g.shape, bool)
+    if g.dtype.kind == "f":
+        u = np.dtype(f"u{g.dtype.itemsize}")
+        return c.view(u) == g.view(u)
+    return c == g
+
+
 def family(kind: str, shape: tuple[int, ...]) -> str:
     """Metric family of a stage: ``map``, ``points``, ``vector`` or ``scalar``."""
     if len(shape) == 0:

@@ -117,11 +117,15 @@ class Tolerances:
         Kinds loosened in propagated mode; others fall back to ``isolated``.
     source : str
         Where the overrides came from (``defaults`` or a file path).
+    bit_exact : bool
+        Every kind of both modes must be equal (:func:`exact_tolerances`); the
+        final landmarks are then not loosened to the C++ noise floor.
     """
 
     isolated: dict[str, Tol]
     propagated: dict[str, Tol] = field(default_factory=dict)
     source: str = "defaults"
+    bit_exact: bool = False
 
     def get(self, kind: str, mode: str = "isolated") -> Tol:
         """Tolerance of ``kind`` in ``mode`` (``default`` for an unnamed kind)."""
@@ -160,6 +164,23 @@ def default_tolerances() -> Tolerances:
     """The shipped defaults (a fresh object; changing it does not change the defaults)."""
     iso, prop = _defaults()
     return Tolerances(dict(iso), dict(prop), "defaults")
+
+
+#: ``source`` of :func:`exact_tolerances`.
+EXACT_SOURCE = "exact (bit identity)"
+
+
+def exact_tolerances() -> Tolerances:
+    """Every stage kind of both modes held to equality (``compare --exact``).
+
+    clnfdiag's own fit computes every golden stage with the C++ reference's
+    operation order on any CPU, so against the shipped goldens any differing
+    value, in isolated or propagated mode, is a regression.
+    """
+    iso, _ = _defaults()
+    zero = Tol(0.0, 0.0)
+    table = {k: zero for k in iso}
+    return Tolerances(table, dict(table), EXACT_SOURCE, bit_exact=True)
 
 
 def _parse_toml(text: str, where: str) -> dict:
@@ -261,13 +282,17 @@ def load_tolerances(path: str | Path | None = None, cwd: str | Path | None = Non
     pyproject = Path(cwd or ".") / "pyproject.toml"
     if not pyproject.is_file():
         return base
-    data = _parse_toml(_read(pyproject), str(pyproject))
-    table = data.get("tool", {}).get("clnfdiag", {}).get("tolerances")
-    if table is None:
-        return base
-    if not isinstance(table, dict):
-        raise InputError("must be a table", pyproject, "tool.clnfdiag.tolerances")
-    return apply_overrides(base, table, str(pyproject), "tool.clnfdiag.tolerances.")
+    table: Any = _parse_toml(_read(pyproject), str(pyproject))
+    where = ""
+    for key in ("tool", "clnfdiag", "tolerances"):
+        # Another tool's pyproject may hold anything; only a table on the path is ours to judge.
+        if not isinstance(table, dict) or key not in table:
+            return base
+        table, where = table[key], f"{where}{key}"
+        if not isinstance(table, dict):
+            raise InputError("must be a table", pyproject, where)
+        where += "."
+    return apply_overrides(base, table, str(pyproject), where)
 
 
 def _read(path: Path) -> str:
@@ -322,6 +347,8 @@ def landmark_tolerance(tolerances: Tolerances, mode: str, floor: float | None) -
     """Tolerance of ``final/landmarks``: ``landmarks`` of the mode, its atol raised to
     ``FLOOR_FACTOR`` x the case's C++ noise floor in propagated mode when that is larger."""
     tol = tolerances.get("landmarks", mode)
+    if tolerances.bit_exact:
+        return tol
     if mode == "propagated" and floor is not None and FLOOR_FACTOR * floor > tol.atol:
         return Tol(FLOOR_FACTOR * floor, tol.rtol)
     return tol
