@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_model": "clnfdiag.models",
     "read_case": "clnfdiag.golden",
     "write_case": "clnfdiag.golden",
-    "TraceWriter": "clnfdiag.trace",
+    "TraceWriter": "clnfdiag.golden",
     "Recorder": "clnfdiag.trace",
     "compare_traces": "clnfdiag.compare.comparator",
     "FAULTS": "clnfdiag.faults",

@@ -12,7 +12,10 @@ in its own module and register it with ``main.add_command``)::
 Raise a :class:`~clnfdiag.errors.ClnfdiagError` subclass for anything the
 user got wrong: :class:`ClnfdiagGroup` turns it into one line on stderr,
 ``clnfdiag: <kind>: <message>``, and exit code ``err.exit_code`` (2). Exit 1 is
-left for "ran fine, found a divergence" (``ctx.exit(1)``).
+left for "ran fine, found a divergence" (``ctx.exit(1)``). Ctrl-C is one line
+and exit 130; a :class:`~clnfdiag.errors.ClnfdiagWarning` (a modified model
+file) is one ``clnfdiag: warning:`` line. The exit codes are in
+:mod:`clnfdiag.errors`.
 """
 from __future__ import annotations
 
@@ -21,21 +24,27 @@ from pathlib import Path
 
 import click
 
-from .errors import ClnfdiagError, GoldenError
+from .cli_support import one_line_warnings
+from .errors import EXIT_INTERRUPTED, INTERRUPTED_LINE, ClnfdiagError, GoldenError, error_line
 from .golden import GoldenCase, find_cases, read_case
-
-
-def error_line(err: ClnfdiagError) -> str:
-    """The single line a ClnfdiagError is reported as."""
-    return f"clnfdiag: {err.kind}: {err}"
 
 
 class ClnfdiagGroup(click.Group):
     """Root group: a ClnfdiagError anywhere below becomes one stderr line and its exit code.
 
     Wrapping ``main`` (not ``invoke``) also covers errors raised while click
-    parses arguments, e.g. in a parameter type's ``convert``.
+    parses arguments, e.g. in a parameter type's ``convert``. ``invoke`` shows
+    clnfdiag's warnings as one line each and turns Ctrl-C into exit 130.
     """
+
+    def invoke(self, ctx: click.Context):  # type: ignore[override]
+        with one_line_warnings():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt:
+                # click would print "Aborted!" and exit 1, which reads as "divergence found".
+                click.echo(INTERRUPTED_LINE, err=True)
+                raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
     def main(self, *args, standalone_mode: bool = True, **kwargs):  # type: ignore[override]
         try:
@@ -52,7 +61,8 @@ class ClnfdiagGroup(click.Group):
 def main() -> None:
     """Check a CLNF facial-landmark implementation against OpenFace C++ 2.x, stage by stage.
 
-    Exit codes: 0 ok, 1 divergence found, 2 bad input or usage.
+    Exit codes: 0 ok, 1 divergence found (compare), 2 bad input, usage or an
+    unusable output, 3 the fit failed (fit), 130 interrupted.
     """
 
 

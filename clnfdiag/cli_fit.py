@@ -2,9 +2,11 @@
 
 Registered on the root command in :mod:`clnfdiag.cli`. Bad input (unreadable
 image, malformed / zero-size / NaN box or a box wholly outside the image, no
-face found) is a :class:`~clnfdiag.errors.ClnfdiagError`: one stderr line,
-exit 2. A box partly outside the image is accepted (areas of interest are
-zero-padded, as in OpenFace).
+face found, an output that cannot be written) is a
+:class:`~clnfdiag.errors.ClnfdiagError`: one stderr line, exit 2; outputs are
+checked before the fit. A box partly outside the image is accepted (areas of
+interest are zero-padded, as in OpenFace). A fit OpenFace itself calls failed
+(``success`` false) prints its landmarks, one stderr line, and exits 3.
 """
 from __future__ import annotations
 
@@ -15,7 +17,12 @@ import click
 import cv2
 import numpy as np
 
-from .errors import InputError
+from .cli_support import MODELS_HELP
+from .detector import detect_faces
+from .errors import EXIT_FIT_FAILED, InputError, OutputError, note_line, warning_line
+from .faults import FAULTS, parse_faults
+from .golden import FORMAT, is_case_folder, is_plain_case_id
+from .outputs import check_container, check_file_target, check_folder_target, write_file
 
 
 def parse_bbox(text: str) -> tuple[float, float, float, float]:
@@ -60,28 +67,73 @@ def draw_overlay(image: np.ndarray, landmarks: np.ndarray, bbox) -> np.ndarray:
     return img
 
 
+def check_overlay_target(overlay: Path) -> Path:
+    """Fail now (OutputError) if the overlay cannot be written: folder, device, or an extension
+    OpenCV has no image writer for (OpenCV picks the format from it)."""
+    check_file_target(overlay, "--overlay")
+    if not overlay.suffix or not cv2.haveImageWriter(str(overlay)):
+        raise OutputError(f"--overlay: OpenCV cannot write an image named like this (extension "
+                          f"{overlay.suffix or 'missing'!r}); use .png", overlay)
+    return overlay
+
+
+def write_overlay(overlay: Path, image: np.ndarray) -> None:
+    """Encode ``image`` in the overlay's format and write it whole."""
+    ok, buf = cv2.imencode(overlay.suffix, image)
+    if not ok:
+        raise OutputError("--overlay: OpenCV could not encode the image", overlay)
+    write_file(overlay, buf.tobytes(), "--overlay")
+
+
+def check_trace_target(trace_out: Path, case_id: str) -> None:
+    """Fail now (before the fit) if ``--trace-out DIR`` cannot receive ``DIR/<case_id>``."""
+    if not is_plain_case_id(case_id):
+        raise InputError(f"--case-id must be a plain folder name, got {case_id!r}")
+    check_container(trace_out, "--trace-out")
+    if trace_out.is_dir():
+        check_folder_target(trace_out / case_id, "--trace-out", is_case_folder, f"a {FORMAT} case")
+
+
+def detected_box(gray: np.ndarray, image: Path) -> tuple[float, float, float, float]:
+    """The box OpenFace's Haar path would fit (the widest face), said on stderr with the face count."""
+    faces = detect_faces(gray)
+    if not faces:
+        raise InputError("no face found (give a box with --bbox)", image)
+    box = faces[0]
+    click.echo(note_line(
+        f"{image}: no --bbox, so OpenCV's Haar cascade was used; it found {len(faces)} face(s), "
+        f"fitting the widest: --bbox {','.join(f'{v:.1f}' for v in box)} (OpenFace's default "
+        "detector, MTCNN, may choose another face: give --bbox when it matters)"), err=True)
+    return box
+
+
 @click.command()
 @click.argument("image", type=click.Path(path_type=Path))
 @click.option("--bbox", default=None, metavar="X,Y,W,H",
-              help="Face box in pixels. Without it OpenCV's Haar cascade finds the widest face "
-                   "(not OpenFace's default MTCNN: give a box for comparisons that matter). "
-                   "A box partly outside the image is accepted.")
+              help="Face box in pixels. Without it OpenCV's Haar cascade finds the widest face and "
+                   "the detection is described on stderr (not OpenFace's default MTCNN: give a box "
+                   "for comparisons that matter). A box partly outside the image is accepted.")
 @click.option("--preset", type=click.Choice(["default", "wild"]), default="default", show_default=True,
               help="OpenFace's parameter preset.")
-@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
-              help="Model folder [default: $OPENFACE_MODELS_DIR, then $XDG_DATA_HOME/OpenFaceModels].")
+@click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None, help=MODELS_HELP)
 @click.option("--trace-out", type=click.Path(path_type=Path), default=None, metavar="DIR",
-              help="Write every stage as a clnfdiag-golden/1 case DIR/<case-id> "
-                   "(usable as a golden or as a --candidate for compare).")
-@click.option("--case-id", default=None, help="Case id for --trace-out [default: the image's stem].")
+              help="Write every stage as a clnfdiag-golden/1 case DIR/<case-id> (usable as a golden, "
+                   "or as a --candidate for compare, which matches it to a golden case by that id: "
+                   "give --case-id). An earlier case folder of that id is replaced whole.")
+@click.option("--case-id", default=None,
+              help="Case id (and folder name) for --trace-out; set it to the golden case's id to "
+                   "compare with --candidate [default: the image's file stem, e.g. 'image' for a "
+                   "golden's image.png].")
 @click.option("--overlay", type=click.Path(path_type=Path), default=None, metavar="PNG",
-              help="Write the image with the box and landmarks drawn.")
+              help="Write the image with the box and landmarks drawn (format from the extension: "
+                   ".png, .jpg ...).")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True,
               help="csv: index,x,y per landmark; json: landmarks, parameters and result.")
 @click.option("--no-hierarchical", is_flag=True,
               help="Turn off the hierarchical refinement with the part models (inner face, eyes), "
-                   "which is ON by default as in OpenFace. The C++ goldens of golden/ were made "
-                   "with it off.")
+                   "which is ON by default as in OpenFace. Each golden case records whether it "
+                   "was made with it (parameters.refine_hierarchical; in golden/ only "
+                   "astronaut_default_h was).")
 @click.option("--window-sizes", default=None, metavar="11,9,7",
               help="Response window per patch scale (0 skips a scale) [default: the preset's].")
 @click.option("--sigma", type=float, default=None, help="KDE sigma [default: the preset's].")
@@ -93,7 +145,7 @@ def draw_overlay(image: np.ndarray, landmarks: np.ndarray, bbox) -> np.ndarray:
 @click.option("--no-refine-parameters", is_flag=True,
               help="Do not adapt sigma, reg and weight factor per patch scale.")
 @click.option("--inject", "faults", multiple=True, metavar="FAULT",
-              help="Inject a known fault (repeatable; see clnfdiag.faults).")
+              help=f"Inject a known fault into the fit (repeatable): {', '.join(FAULTS)}.")
 def fit(image: Path, bbox: str | None, preset: str, models_dir: Path | None, trace_out: Path | None,
         case_id: str | None, overlay: Path | None, fmt: str, no_hierarchical: bool,
         window_sizes: str | None, sigma: float | None, reg: float | None,
@@ -102,38 +154,61 @@ def fit(image: Path, bbox: str | None, preset: str, models_dir: Path | None, tra
     """Fit the 68 CLNF landmarks on IMAGE and print them (CSV index,x,y by default).
 
     Hierarchical refinement (part models) is on by default, as in OpenFace;
-    --no-hierarchical turns it off. Exit 0 ok, 2 bad input (unreadable image,
-    bad box, no face found).
+    --no-hierarchical turns it off. Outputs (--trace-out, --overlay) are
+    checked before the fit and written whole. Exit 0 ok; 2 bad input
+    (unreadable image, bad box, no face found, unusable output); 3 the fit
+    failed (OpenFace's success flag is false, e.g. a box far too small): the
+    landmarks are still printed and a line on stderr says so.
     """
     from . import __version__
-    from .fitter import Fitter, read_image
+    from .fitter import Fitter, read_image, to_gray
     from .golden import write_case
     from .parameters import preset as get_preset
 
+    case = case_id or image.stem
+    if trace_out is not None:
+        check_trace_target(trace_out, case)
+        if case_id is None:  # every golden's picture is image.png: say how to name the trace
+            click.echo(note_line(f"--trace-out without --case-id: the case is named {case!r} after the "
+                                 "image file; compare --candidate matches traces to golden cases by id, "
+                                 "so give --case-id <golden case id> to compare it"), err=True)
+    if overlay is not None:
+        check_overlay_target(overlay)
     box = parse_bbox(bbox) if bbox is not None else None
+    parse_faults(list(faults))
     params = get_preset(preset).with_overrides(
         window_sizes=parse_windows(window_sizes) if window_sizes is not None else None,
         sigma=sigma, reg_factor=reg, weight_factor=weight_factor, n_iterations=iterations,
         refine_parameters=False if no_refine_parameters else None,
         refine_hierarchical=False if no_hierarchical else None)
     img = read_image(image)
+    if box is None:
+        box = detected_box(to_gray(img, image), image)
     fitter = Fitter(models=models_dir)
     result = fitter.fit(img, bbox=box, parameters=params,
                         trace=trace_out is not None, faults=faults)
 
     if trace_out is not None:
-        write_case(trace_out, case_id or image.stem, img, result.bbox, params.preset,
+        write_case(trace_out, case, img, result.bbox, params.preset,
                    result.parameters.to_manifest(fitter.main.patch_scales),
                    result.stages, result.result_manifest(), f"clnfdiag {__version__}",
                    fitter.model.files, source=str(image),
-                   model_root=str(fitter.model.model_dir))
+                   model_root=str(fitter.model.model_dir), option="--trace-out")
     if overlay is not None:
-        out = draw_overlay(img, result.landmarks, result.bbox)
-        if not cv2.imwrite(str(overlay), out):
-            raise InputError("cannot write the overlay image", overlay)
+        write_overlay(overlay, draw_overlay(img, result.landmarks, result.bbox))
+    click.echo(landmarks_text(result, fmt))
+    if not result.success:
+        click.echo(warning_line(
+            f"{image}: the fit failed (OpenFace's success flag is false, likelihood "
+            f"{float(result.likelihood):.3g}): the landmarks above do not locate a face; exit "
+            f"{EXIT_FIT_FAILED}"), err=True)
+        raise click.exceptions.Exit(EXIT_FIT_FAILED)
 
+
+def landmarks_text(result, fmt: str) -> str:
+    """What ``fit`` prints: CSV ``index,x,y`` rows, or the JSON summary of the result."""
     if fmt == "json":
-        click.echo(json.dumps({
+        return json.dumps({
             "landmarks": [[float(x), float(y)] for x, y in result.landmarks],
             "params_global": [float(v) for v in result.params_global],
             "params_local": [float(v) for v in result.params_local],
@@ -142,11 +217,10 @@ def fit(image: Path, bbox: str | None, preset: str, models_dir: Path | None, tra
             "bbox": [float(v) for v in result.bbox],
             "hierarchical_used": bool(result.hierarchical_used),
             "parameters": result.parameters.as_dict(),
-        }, indent=1))
-    else:
-        lines = ["index,x,y"] + [f"{i},{float(x):.6f},{float(y):.6f}"
-                                 for i, (x, y) in enumerate(result.landmarks)]
-        click.echo("\n".join(lines))
+        }, indent=1)
+    lines = ["index,x,y"] + [f"{i},{float(x):.6f},{float(y):.6f}" for i, (x, y) in enumerate(result.landmarks)]
+    return "\n".join(lines)
 
 
-__all__ = ["fit", "parse_bbox", "parse_windows", "draw_overlay"]
+__all__ = ["fit", "parse_bbox", "parse_windows", "draw_overlay", "landmarks_text", "check_overlay_target",
+           "check_trace_target", "detected_box"]

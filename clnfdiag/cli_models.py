@@ -18,23 +18,17 @@ from typing import NoReturn
 
 import click
 
-from .errors import ClnfdiagError, ModelError
+from .cli_support import MODELS_HELP
+from .errors import ClnfdiagError, ModelError, error_line, warning_line
 from .models import Model, ModelChecksumWarning, find_model_dir, load_model
 from .models.locate import known_checksums, sha256_file
 
-_MODELS_OPTION = click.option(
-    "--models", "models_dir", type=click.Path(path_type=Path), default=None,
-    help="Model folder: the pyclnf/pyfaceau cache root or OpenFace's model/ folder "
-         "[default: $OPENFACE_MODELS_DIR, then $XDG_DATA_HOME/OpenFaceModels].")
-
-
-def _error_line(err: ClnfdiagError) -> str:
-    # Same wording as clnfdiag.cli.error_line (not imported: cli imports this module).
-    return f"clnfdiag: {err.kind}: {err}"
+_MODELS_OPTION = click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None,
+                              help=MODELS_HELP)
 
 
 def _fail(err: ClnfdiagError) -> NoReturn:
-    click.echo(_error_line(err), err=True)
+    click.echo(error_line(err), err=True)
     raise click.exceptions.Exit(err.exit_code)
 
 
@@ -122,7 +116,7 @@ def check(models_dir: Path | None, strict: bool) -> None:
         click.echo(f"  {status:<9} {rel}  (not read)")
         if status == "modified":
             checksum_warnings.append(f"{path}: differs from OpenFace 2.2.0 (not read by clnfdiag)")
-            click.echo(f"clnfdiag: warning: {checksum_warnings[-1]}", err=True)
+            click.echo(warning_line(checksum_warnings[-1]), err=True)
     for line in summary_lines(model):
         click.echo(line)
     click.echo("files         {} checked: {} ok, {} modified, {} unknown".format(
@@ -138,7 +132,7 @@ def _echo_warnings(caught: list[warnings.WarningMessage]) -> list[str]:
     for w in caught:
         if issubclass(w.category, ModelChecksumWarning):
             out.append(str(w.message))
-            click.echo(f"clnfdiag: warning: {w.message}", err=True)
+            click.echo(warning_line(str(w.message)), err=True)
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return out

@@ -36,8 +36,11 @@ def correct_haar_box(x: float, y: float, w: float, h: float) -> tuple[float, flo
             float(f(w) * f(0.8924)), float(f(h) * f(0.8676)))
 
 
-def detect_face(gray: np.ndarray) -> tuple[float, float, float, float] | None:
-    """The widest face's corrected box ``(x, y, w, h)``, or None when no face is found.
+def detect_faces(gray: np.ndarray) -> list[tuple[float, float, float, float]]:
+    """Every face's corrected box ``(x, y, w, h)``, the one OpenFace keeps first.
+
+    OpenFace keeps the widest detection (the first one on ties); the others
+    follow in the same order, so callers can say how many faces were found.
 
     Parameters
     ----------
@@ -45,8 +48,16 @@ def detect_face(gray: np.ndarray) -> tuple[float, float, float, float] | None:
     """
     faces = _classifier().detectMultiScale(gray, scaleFactor=1.2, minNeighbors=2, flags=0,
                                            minSize=(50, 50))
-    if len(faces) == 0:
-        return None
-    # OpenFace keeps the widest detection (the first one on ties).
-    best = max(range(len(faces)), key=lambda i: (faces[i][2], -i))
-    return correct_haar_box(*(float(v) for v in faces[best]))
+    order = sorted(range(len(faces)), key=lambda i: (-faces[i][2], i))
+    return [correct_haar_box(*(float(v) for v in faces[i])) for i in order]
+
+
+def detect_face(gray: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The widest face's corrected box ``(x, y, w, h)``, or None when no face is found.
+
+    Parameters
+    ----------
+    gray : (H, W) uint8
+    """
+    faces = detect_faces(gray)
+    return faces[0] if faces else None

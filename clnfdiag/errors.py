@@ -8,9 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-#: Exit code for bad input or usage, shared by every command (the CI gate
-#: relies on 0 = pass, 1 = divergence, 2 = bad input).
+# Exit codes, shared by every command (README "Exit codes"; the CI gate relies on
+# 0 = pass, 1 = divergence, 2 = bad input).
+#: Everything ran and passed.
+EXIT_OK = 0
+#: ``compare`` ran fine and found a divergence beyond the gate.
+EXIT_DIVERGENCE = 1
+#: Bad input or usage: missing/corrupt files, bad options, unusable outputs.
 EXIT_BAD_INPUT = 2
+#: ``fit`` ran but OpenFace's own verdict on the fit is failure (``success`` false).
+EXIT_FIT_FAILED = 3
+#: Interrupted (Ctrl-C): 128 + SIGINT, the shell's convention.
+EXIT_INTERRUPTED = 130
+
+#: Prefix of every line clnfdiag writes to stderr about a problem.
+_PREFIX = "clnfdiag"
 
 
 class ClnfdiagError(Exception):
@@ -58,3 +70,36 @@ class InputError(ClnfdiagError):
     """An image, box or option value that cannot be used."""
 
     kind = "input error"
+
+
+class OutputError(ClnfdiagError):
+    """An output file or folder that cannot be written (checked before the work starts)."""
+
+    kind = "output error"
+
+
+class ClnfdiagWarning(UserWarning):
+    """Something the user should know that does not stop the command.
+
+    The command line shows it as one :func:`warning_line` (no source line).
+    """
+
+
+def error_line(err: ClnfdiagError) -> str:
+    """The single stderr line a ClnfdiagError is reported as: ``clnfdiag: <kind>: <message>``."""
+    return f"{_PREFIX}: {err.kind}: {err}"
+
+
+def warning_line(message: str) -> str:
+    """A stderr line for something the user should know that does not stop the command."""
+    return f"{_PREFIX}: warning: {message}"
+
+
+def note_line(message: str) -> str:
+    """A stderr line saying what clnfdiag chose on the user's behalf (a detection, a cap)."""
+    return f"{_PREFIX}: note: {message}"
+
+
+#: The stderr line of an interrupted command (exit :data:`EXIT_INTERRUPTED`). Every output
+#: is built aside and moved into place whole (:mod:`clnfdiag.outputs`), so none is left half-written.
+INTERRUPTED_LINE = f"{_PREFIX}: interrupted; no partial output was left"

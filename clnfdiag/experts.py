@@ -18,11 +18,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
+
 import numba
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .faults import NO_FAULTS
 from .models import CCNFScale
 from .numerics import libm
 from .numerics.cholesky import invert_cholesky
@@ -30,6 +31,8 @@ from .numerics.fma import fma32
 from .numerics.sgemm import lane_row_start, lanes16_dot, uses_tree_a
 from .optimiser import expf32
 
+
+F32 = np.float32
 
 # Compiled loops (numba, no fastmath: each ``np.float32(...)`` is one float32
 # rounding, as in the C++).
@@ -232,6 +235,51 @@ class ExpertBank:
         out.flags.writeable = False
         self._sigmas[window] = out
         return out
+
+
+def extract_areas(gray_f32: np.ndarray, landmarks: np.ndarray, sim_ref_to_img: np.ndarray,
+                  indices: np.ndarray, side: int, nearest: bool = False) -> np.ndarray:
+    """Warp each landmark's surroundings into the reference frame.
+
+    Parameters
+    ----------
+    gray_f32 : (H, W) float32
+    landmarks : (n, 2) float32
+    sim_ref_to_img : (2, 2) float32
+    indices : (v,) int
+        Landmarks to extract (the visible ones).
+    side : int
+        ``A = window + support - 1``.
+    nearest : bool
+        Nearest-neighbour instead of bilinear (the ``nearest-warp`` fault).
+
+    Returns
+    -------
+    (v, A, A) float32
+        ``cv2.warpAffine`` with WARP_INVERSE_MAP: OpenCV's fixed-point bilinear
+        sampling is part of what the goldens contain, so it is used as is.
+    """
+    a1 = F32(sim_ref_to_img[0, 0])
+    b1 = F32(-sim_ref_to_img[0, 1])
+    half = (F32(side) - F32(1.0)) / F32(2.0)
+    flags = cv2.WARP_INVERSE_MAP | (cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR)
+    idx = np.asarray(indices, dtype=np.intp).reshape(-1)
+    out = np.zeros((idx.shape[0], side, side), F32)
+    # Every landmark's 2x3 matrix [[a1, -b1, x - a1 h + b1 h], [b1, a1, y - a1 h - b1 h]]
+    # at once (the same float32 operations, left to right), then one warp each.
+    lm = np.asarray(landmarks)[idx]
+    mats = np.empty((idx.shape[0], 2, 3), F32)
+    mats[:, 0, 0] = a1
+    mats[:, 0, 1] = -b1
+    mats[:, 0, 2] = lm[:, 0] - a1 * half + b1 * half
+    mats[:, 1, 0] = b1
+    mats[:, 1, 1] = a1
+    mats[:, 1, 2] = lm[:, 1] - a1 * half - b1 * half
+    warp, size = cv2.warpAffine, (side, side)
+    for row in range(idx.shape[0]):
+        warp(gray_f32, mats[row], size, dst=out[row], flags=flags,
+             borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return out
 
 
 def _im2col_kmajor(areas: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -465,35 +513,30 @@ def _expf_sum_neurons(neg_act, two_alpha, out):  # pragma: no cover - compiled
                 out[i, b] = np.float32(np.float64(out[i, b]) + term)
 
 
-def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray, two_alpha: np.ndarray,
-                        dtype: type) -> np.ndarray:
+def _raw_response_numpy(bank: ExpertBank, areas: np.ndarray) -> np.ndarray:
     """The reference formulation of :func:`raw_response` (stacked im2col, batched
-    GEMM, vectorised sigmoid). Used for the ``float64`` fault and for banks with
-    a single landmark or neuron; same values as the compiled path."""
+    GEMM, vectorised sigmoid) for banks with a single landmark or neuron; same
+    values as the compiled path. ``areas`` are those of the bank's first ``v``
+    landmarks."""
     v, a_h, a_w = areas.shape
     rh, rw = a_h - bank.height + 1, a_w - bank.width + 1
-    if dtype is np.float64:
-        cols = im2col_normalised(areas, bank.height, bank.width, dtype, out=bank.buffer(dtype, rh * rw))
-        act = np.matmul(cols, bank.weights.astype(dtype).transpose(0, 2, 1)).transpose(2, 0, 1)
-        e = np.exp(-act)
-    else:
-        # Bit-exact with OpenFace's ResponseOpenBlas (measured on the goldens; see
-        # bench/response_bits.py): im2col sums in its order, the sgemm as FMA
-        # chains, exp as glibc's expf on the float activation.
-        cols = _im2col_kmajor(areas, bank.height, bank.width)
-        act = _fma_gemm(cols, bank.weights, bank.n_neurons, rh, rw).transpose(1, 0, 2)  # (n, v, nb)
-        e = expf32(np.negative(act)).astype(np.float64)
+    # Bit-exact with OpenFace's ResponseOpenBlas (measured on the goldens; see
+    # bench/response_bits.py): im2col sums in its order, the sgemm as FMA
+    # chains, exp as glibc's expf on the float activation.
+    cols = _im2col_kmajor(areas, bank.height, bank.width)
+    act = _fma_gemm(cols, bank.weights, bank.n_neurons, rh, rw).transpose(1, 0, 2)  # (n, v, nb)
+    e = expf32(np.negative(act)).astype(np.float64)
     # The term in double, added to the float map neuron by neuron (neurons with
     # alpha <= 1e-4 have two_alpha 0 and add nothing): float(map + term) each time.
     terms = np.add(e, 1.0, dtype=np.float64)
-    np.divide(two_alpha.T[:, :, None], terms, out=terms)
-    acc = np.zeros((v, rh * rw), dtype)
+    np.divide(bank.two_alpha[:v].T[:, :, None], terms, out=terms)
+    acc = np.zeros((v, rh * rw), np.float32)
     for term in terms:
         np.add(acc, term, out=acc, dtype=np.float64, casting="unsafe")
     return acc.reshape(v, rh, rw)
 
 
-def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
+def raw_response(bank: ExpertBank, areas: np.ndarray) -> np.ndarray:
     """Sum over neurons of ``2·alpha·sigmoid(w·x + b)`` for every visible landmark.
 
     float32 (default): bit-exact with OpenFace's ResponseOpenBlas on every
@@ -519,13 +562,9 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
     v, a_h, a_w = areas.shape
     rh, rw = a_h - bank.height + 1, a_w - bank.width + 1
     two_alpha = bank.two_alpha
-    if "sigmoid-no-double-alpha" in faults:
-        two_alpha = two_alpha / 2.0
-    if "float64" in faults:
-        return _raw_response_numpy(bank, areas, two_alpha, np.float64)
     n = bank.weights.shape[1]
     if v <= 1 or n <= 1 or rh <= 0 or rw <= 0:
-        return _raw_response_numpy(bank, areas, two_alpha, np.float32)
+        return _raw_response_numpy(bank, areas)
     a = np.ascontiguousarray(areas, dtype=np.float32)
     s = bank.raw_scratch(rh, rw)
     _ccnf_neg_activations(a, bank.weights, bank.n_neurons, bank.height, bank.width, rh, rw,
@@ -538,7 +577,7 @@ def raw_response(bank: ExpertBank, areas: np.ndarray, faults: frozenset[str] = N
     return out
 
 
-def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
+def sigma_response(bank: ExpertBank, raw: np.ndarray) -> np.ndarray:
     """``Sigma @ vec(raw)`` per landmark, row-major vectorisation.
 
     float32 maps follow OpenFace's ``sgemm_`` with M = 1, which OpenBLAS forwards
@@ -560,24 +599,12 @@ def sigma_response(bank: ExpertBank, raw: np.ndarray, faults: frozenset[str] = N
     (v, w, w) float32
     """
     v, h, w = raw.shape
-    if "skip-sigma" in faults:
-        return raw.copy()
-    sig = bank.sigma(h)
-    if raw.dtype != np.float32:
-        sig = sig.astype(raw.dtype)
-    # transpose-sigma: the map vectorised column-major and the result read back
-    # row-major, i.e. the post-Sigma map comes out transposed (Sigma itself is
-    # symmetric, and so are its components under x<->y, so only the layout slip shows).
-    vec = raw.transpose(0, 2, 1) if "transpose-sigma" in faults else raw
-    if raw.dtype != np.float32:
-        out = np.einsum("vij,vj->vi", sig, vec.reshape(v, h * w))
-        return out.reshape(v, h, w)
     n = h * w
     out = np.empty((v, n), np.float32)
     lanes = bank._sgemv_lanes.get(n)
     if lanes is None:
         lanes = bank._sgemv_lanes[n] = np.empty((16, n), np.float32)
-    _sgemv_t_lanes(bank.sigma_t(h), np.ascontiguousarray(vec, np.float32).reshape(v, n), lanes, out)
+    _sgemv_t_lanes(bank.sigma_t(h), np.ascontiguousarray(raw, np.float32).reshape(v, n), lanes, out)
     return out.reshape(v, h, w)
 
 
@@ -625,7 +652,7 @@ def _sgemv_t_lanes(sig_t, vec, lanes, out):  # pragma: no cover - compiled
             out[i, o] = row[o]
 
 
-def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -> np.ndarray:
+def shift_response(sigma_maps: np.ndarray) -> np.ndarray:
     """Shift each map up by its minimum when that minimum is negative; nothing else.
 
     Parameters
@@ -636,14 +663,8 @@ def shift_response(sigma_maps: np.ndarray, faults: frozenset[str] = NO_FAULTS) -
     -------
     (v, w, w) float32
     """
-    if "clip-instead-of-shift" in faults:
-        out = np.maximum(sigma_maps, 0)
-    else:
-        mins = sigma_maps.min(axis=(1, 2), keepdims=True)
-        out = np.where(mins < 0, sigma_maps - mins, sigma_maps)
-    if "normalize-response" in faults:
-        peak = out.max(axis=(1, 2), keepdims=True)
-        out = out / np.where(peak > 0, peak, 1)
+    mins = sigma_maps.min(axis=(1, 2), keepdims=True)
+    out = np.where(mins < 0, sigma_maps - mins, sigma_maps)
     return out.astype(sigma_maps.dtype, copy=False)
 
 
@@ -692,8 +713,7 @@ class PatchExperts:
         b = self.bank(scale, view)
         return b.height, b.width
 
-    def responses(self, areas: np.ndarray, scale: int, view: int,
-                  faults: frozenset[str] = NO_FAULTS) -> ResponseStages:
+    def responses(self, areas: np.ndarray, scale: int, view: int) -> ResponseStages:
         """All three response stages for the visible landmarks of (scale, view).
 
         Parameters
@@ -705,7 +725,7 @@ class PatchExperts:
         bank = self.bank(scale, view)
         if areas.shape[0] != len(bank.landmarks):
             areas = areas[bank.landmarks]
-        raw = raw_response(bank, areas, faults)
-        sig = sigma_response(bank, raw, faults)
-        resp = shift_response(sig, faults)
+        raw = raw_response(bank, areas)
+        sig = sigma_response(bank, raw)
+        resp = shift_response(sig)
         return ResponseStages(bank.landmarks, raw, sig, resp)

@@ -27,8 +27,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .errors import ClnfdiagError, GoldenError
+from .errors import ClnfdiagError, GoldenError, InputError, OutputError
 from .models.locate import sha256_file
+from .trace import Recorder
+from .outputs import staged_folder
 
 FORMAT = "clnfdiag-golden/1"
 MANIFEST = "manifest.json"
@@ -381,10 +383,11 @@ def _check_manifest(m: dict, path: Path) -> None:
     for sub in ("file", "sha256"):
         if not isinstance(image.get(sub), str) or not image[sub]:
             raise GoldenError("must be a non-empty string", path, f"image.{sub}")
-    bbox = m["bbox"]
-    if (not isinstance(bbox, list) or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
-        raise GoldenError("must be 4 finite numbers [x, y, width, height]", path, "bbox")
+    parts = Path(image["file"]).parts
+    if Path(image["file"]).is_absolute() or ".." in parts or "\0" in image["file"]:
+        # A case is a self-contained folder: its picture is inside it.
+        raise GoldenError("must name a file inside the case folder", path, "image.file")
+    _check_bbox(m["bbox"], path)
     if not isinstance(m["preset"], str):
         raise GoldenError("must be a string", path, "preset")
     for key in ("parameters", "result", "stages"):
@@ -392,6 +395,15 @@ def _check_manifest(m: dict, path: Path) -> None:
             raise GoldenError("must be an object", path, key)
     for key, entry in m["stages"].items():
         _check_stage_entry(key, entry, path)
+
+
+def _check_bbox(bbox: Any, path: Path) -> None:
+    """4 finite numbers with a positive width and height (the fitter refuses any other box)."""
+    if (not isinstance(bbox, list) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)):
+        raise GoldenError("must be 4 finite numbers [x, y, width, height]", path, "bbox")
+    if not (bbox[2] > 0 and bbox[3] > 0):
+        raise GoldenError(f"width and height must be > 0, got {bbox[2]!r} x {bbox[3]!r}", path, "bbox")
 
 
 def _check_stage_entry(key: str, entry: Any, path: Path) -> None:
@@ -421,8 +433,9 @@ def _check_image(case_dir: Path, manifest: dict) -> Path:
     return image_path
 
 
-def _verify_stages(case: GoldenCase) -> None:
-    """Every npz array matches its manifest entry: same key set, shape, dtype; floats finite."""
+def _verify_stages(case: GoldenCase, finite: bool = True) -> None:
+    """Every npz array matches its manifest entry: same key set, shape, dtype; floats finite
+    unless ``finite`` is False."""
     npz_path = case.stages.path
     described = case.manifest["stages"]
     stored = set(case.stages)
@@ -439,7 +452,8 @@ def _verify_stages(case: GoldenCase) -> None:
             raise GoldenError(f"shape mismatch: expected {shape}, found {arr.shape}", npz_path, key)
         if arr.dtype != np.dtype(entry["dtype"]):
             raise GoldenError(f"dtype mismatch: expected {entry['dtype']}, found {arr.dtype}", npz_path, key)
-        _check_finite(arr, npz_path, key)
+        if finite:
+            _check_finite(arr, npz_path, key)
     _check_gray_matches_image(case)
 
 
@@ -461,7 +475,7 @@ def _check_gray_matches_image(case: GoldenCase) -> None:
                           case.path / MANIFEST, "image")
 
 
-def read_case(path: str | os.PathLike, verify: bool = True) -> GoldenCase:
+def read_case(path: str | os.PathLike, verify: bool = True, finite: bool = True) -> GoldenCase:
     """Open a golden case folder.
 
     Always checked: manifest.json (valid JSON, required keys, format),
@@ -475,6 +489,9 @@ def read_case(path: str | os.PathLike, verify: bool = True) -> GoldenCase:
         The case folder (or its manifest.json).
     verify : bool
         Check every array (reads the whole npz; about 0.1 s per case).
+    finite : bool
+        With ``verify``, also refuse NaN/inf values. A golden must be finite;
+        a candidate trace may hold NaN, which is then judged as a divergence.
 
     Returns
     -------
@@ -506,7 +523,7 @@ def read_case(path: str | os.PathLike, verify: bool = True) -> GoldenCase:
     )
     if verify:
         try:
-            _verify_stages(case)
+            _verify_stages(case, finite)
         except GoldenError:
             case.close()  # the caller never gets the case, so release the archive here
             raise
@@ -590,7 +607,7 @@ def _write_image(case_dir: Path, image: np.ndarray | str | os.PathLike) -> tuple
     return target, pixels
 
 
-def _prepare_stages(stages: dict[str, Any], npz_path: Path) -> dict[str, np.ndarray]:
+def _prepare_stages(stages: dict[str, Any], npz_path: Path, finite: bool = True) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for key, value in stages.items():
         if not isinstance(key, str) or not key or key.startswith("/") or ".." in key.split("/"):
@@ -598,9 +615,28 @@ def _prepare_stages(stages: dict[str, Any], npz_path: Path) -> dict[str, np.ndar
         arr = np.asarray(value)
         if arr.dtype.kind not in "biuf":
             raise GoldenError(f"unsupported dtype {arr.dtype} (numeric arrays only)", npz_path, key)
-        _check_finite(arr, npz_path, key)
+        if finite:
+            _check_finite(arr, npz_path, key)
         arrays[key] = arr
     return arrays
+
+
+def is_plain_case_id(case_id: Any) -> bool:
+    """True for a case id that can be a folder name (the format names the case folder after it)."""
+    return (isinstance(case_id, str) and bool(case_id) and "/" not in case_id and "\0" not in case_id
+            and case_id not in (".", ".."))
+
+
+def is_case_folder(folder: Path) -> bool:
+    """True for an empty folder or a ``clnfdiag-golden/1`` case folder (one that may be rewritten whole)."""
+    folder = Path(folder)
+    if not any(folder.iterdir()):
+        return True
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def _write_npz(case_dir: Path, arrays: dict[str, np.ndarray]) -> Path:
@@ -634,14 +670,22 @@ def write_case(
     *,
     source: str = "",
     model_root: str | None = None,
+    finite: bool = True,
+    option: str = "case folder",
 ) -> Path:
     """Write a case folder ``out_dir/case_id`` in the ``clnfdiag-golden/1`` format.
+
+    The folder is built aside and moved into place whole
+    (:func:`clnfdiag.outputs.staged_folder`): an error or an interrupt leaves
+    the previous ``out_dir/case_id`` (or none), never a half-written case.
 
     Parameters
     ----------
     out_dir : path
-        Parent folder; the case goes to ``out_dir/case_id`` (the format
-        wants the folder name to be the case id). Existing files are replaced.
+        Parent folder (created when missing); the case goes to
+        ``out_dir/case_id`` (the format wants the folder name to be the case
+        id). An existing case folder there is replaced whole; a folder holding
+        anything else is refused (OutputError).
     case_id : str
         Case id, also the folder name.
     image_bgr_or_path : numpy.ndarray or path
@@ -655,7 +699,7 @@ def write_case(
         Fitting parameters (same names as the C++ goldens).
     stages : dict[str, numpy.ndarray]
         Stage arrays (e.g. ``Recorder.stages``), keys like ``pass0/response``;
-        stored in this order. Numeric and finite only.
+        stored in this order. Numeric, and finite unless ``finite`` is False.
     result : dict
         ``success``, ``likelihood``, ``phases`` as in the C++ goldens.
     producer : str
@@ -668,21 +712,45 @@ def write_case(
         Where the picture comes from.
     model_root : str, optional
         Folder the model file paths are relative to.
+    finite : bool
+        Refuse NaN/inf stage values (a golden); False for a candidate trace,
+        whose NaN the comparator judges as a divergence.
+    option : str
+        What names the output in error messages (``--trace-out``).
 
     Returns
     -------
     Path
         The case folder; :func:`read_case` accepts it.
+
+    Raises
+    ------
+    GoldenError
+        A bad case id, stage key or value, or box (nothing is written).
+    OutputError
+        ``out_dir`` or the case folder cannot be written.
     """
-    if not isinstance(case_id, str) or not case_id or "/" in case_id or case_id in (".", ".."):
+    if not is_plain_case_id(case_id):
         raise GoldenError("case id must be a plain folder name", out_dir, repr(case_id))
     case_dir = Path(out_dir) / case_id
-    case_dir.mkdir(parents=True, exist_ok=True)
-    arrays = _prepare_stages(stages, case_dir / STAGES)
+    arrays = _prepare_stages(stages, case_dir / STAGES, finite)
     bbox_list = [float(v) for v in bbox]
-    if len(bbox_list) != 4 or not all(math.isfinite(v) for v in bbox_list):
-        raise GoldenError("bbox must be 4 finite numbers [x, y, width, height]", case_dir / MANIFEST, "bbox")
+    _check_bbox(bbox_list, case_dir / MANIFEST)
+    try:
+        case_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"{option}: cannot create the folder ({exc.strerror or exc})", case_dir.parent) from None
+    with staged_folder(case_dir, option, is_case_folder, f"a {FORMAT} case") as build:
+        _write_case_files(build, case_id, image_bgr_or_path, bbox_list, preset, parameters, arrays, result,
+                          producer, model_files, meanings, source, model_root)
+    return case_dir
 
+
+def _write_case_files(case_dir: Path, case_id: str, image_bgr_or_path, bbox_list: list[float], preset: str,
+                      parameters: dict, arrays: dict[str, np.ndarray], result: dict, producer: str,
+                      model_files: dict[str, str] | None, meanings: dict[str, str] | None, source: str,
+                      model_root: str | None) -> None:
+    """image.png, stages.npz and manifest.json of :func:`write_case` into ``case_dir``."""
     image_path, pixels = _write_image(case_dir, image_bgr_or_path)
     _write_npz(case_dir, arrays)
     meanings = meanings or {}
@@ -711,7 +779,62 @@ def write_case(
             for key, arr in arrays.items()
         },
     }
-    tmp = case_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1, default=json_default) + "\n", encoding="utf-8")
-    os.replace(tmp, case_dir / MANIFEST)
-    return case_dir
+    (case_dir / MANIFEST).write_text(json.dumps(manifest, indent=1, default=json_default) + "\n",
+                                     encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- recording for ports
+
+class TraceWriter(Recorder):
+    """The recorder for other CLNF ports: call it at each stage, then save a golden-format case.
+
+    Keys are checked against the golden vocabulary (``../shared/golden/FORMAT.md``)
+    as they are recorded, so a typo fails at once instead of silently leaving a
+    stage uncompared. A port records what it has; stages it does not record are
+    reported as missing by ``clnfdiag compare``, never as wrong — except
+    ``final/landmarks``, which every trace needs.
+
+    Examples
+    --------
+    >>> from clnfdiag.golden import TraceWriter
+    >>> from clnfdiag.keys import iter_key
+    >>> rec = TraceWriter("astronaut_default", "astronaut.png", bbox=(180.8, 85.7, 89.2, 86.8),
+    ...                   producer="myport 0.3")
+    >>> rec.record("pass0/response", my_maps)                  # (68, 11, 11)
+    >>> rec.record(iter_key(0, "rigid", 0, "mean_shifts"), ms)  # (68, 2)
+    >>> rec.record("final/landmarks", landmarks)                # (68, 2)
+    >>> rec.save("traces/")            # then: clnfdiag compare golden/ --candidate traces/
+
+    Parameters
+    ----------
+    case_id : str
+        The golden case this trace answers (matched by id with ``--candidate``).
+    image : path or (H, W[, 3]) uint8 array
+        The input picture.
+    bbox : (x, y, w, h)
+    preset : str
+    parameters : dict, optional
+        The ``parameters`` block of the manifest (what the port ran with).
+    producer : str
+        Name and version of the implementation.
+    """
+
+    def __init__(self, case_id: str, image, bbox, preset: str = "default",
+                 parameters: dict | None = None, producer: str = "unknown CLNF port"):
+        super().__init__()
+        self.case_id, self.image, self.bbox = case_id, image, tuple(float(v) for v in bbox)
+        self.preset, self.parameters, self.producer = preset, dict(parameters or {}), producer
+
+    def record(self, key: str, value: Any, dtype: Any = None) -> None:
+        if stage_meaning(self.prefix + key) is None:
+            raise InputError(f"{self.prefix + key!r} is not a stage key of the golden format "
+                             "(see FORMAT.md)")
+        super().record(key, value, dtype)
+
+    def save(self, out_dir, result: dict | None = None) -> Path:
+        """Write ``out_dir/<case_id>/`` (manifest.json, image.png, stages.npz)."""
+        if "final/landmarks" not in self.stages:
+            raise InputError("a trace needs final/landmarks before it can be saved")
+        # finite=False: a port's NaN is what the comparison is for (judged as a divergence).
+        return write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
+                          self.parameters, self.stages, result or {}, self.producer, finite=False)

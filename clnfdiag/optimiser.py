@@ -36,9 +36,8 @@ Layout conventions: landmark arrays are ``(n, 2)`` with columns ``(x, y)``;
 vectors indexed like OpenFace's column vectors are ``(2n,)`` with the n x
 entries first, then the n y entries.
 
-Known-fault variants used by the diagnostics (each documented on its
-function): ``mean_shift(..., grid=False)`` (``no-kde-grid``) and
-``solve_update(..., regularise=False)`` (``no-regularisation``).
+The known faults' variants (exact-kernel KDE, float64 sums) are the faults'
+own code (:mod:`clnfdiag.faults`); the fit loop is :mod:`clnfdiag.clnf.loop`.
 """
 from __future__ import annotations
 
@@ -61,6 +60,10 @@ __all__ = [
     "expf32",
     "window_offsets",
     "mean_shift",
+    "kde_sums",
+    "kernel_values",
+    "clamp_to_window",
+    "visible_mask",
     "to_image_frame",
     "weight_matrix_diag",
     "regularisation_diag",
@@ -71,6 +74,7 @@ __all__ = [
     "landmark_likelihoods",
     "model_likelihood",
     "shape_change_norm",
+    "UpdateSolver",
 ]
 
 F32 = np.float32
@@ -211,7 +215,7 @@ def _rhs_reg_nb(rhs, reg, p):
 
 
 # --------------------------------------------------------------------------- helpers
-def _visible_mask(visible, n: int) -> np.ndarray:
+def visible_mask(visible, n: int) -> np.ndarray:
     """``(n,)`` bool mask; ``None`` means every landmark is visible."""
     if visible is None:
         return np.ones(n, dtype=bool)
@@ -288,7 +292,7 @@ def kde_grid_size(window_size: int) -> int:
 
 
 # --------------------------------------------------------------------------- KDE table
-def _kernel_values(dx: np.ndarray, dy: np.ndarray, a: np.float32, window_size: int) -> np.ndarray:
+def kernel_values(dx: np.ndarray, dy: np.ndarray, a: np.float32, window_size: int) -> np.ndarray:
     """``exp(a * ((dy - ii)**2 + (dx - jj)**2))`` as float32, for every response
     cell ``(ii, jj)`` (row, column) and every ``(dx, dy)`` pair.
 
@@ -308,7 +312,7 @@ def _kde_table_cached(sigma32: float, window_size: int) -> np.ndarray:
     n_grid = kde_grid_size(window_size)
     grid = np.arange(n_grid, dtype=F32) * KDE_STEP    # float(x) * 0.1f, in float32
     a = kde_exponent(sigma32)
-    table = _kernel_values(grid[:, None], grid[None, :], a, window_size)
+    table = kernel_values(grid[:, None], grid[None, :], a, window_size)
     table.flags.writeable = False
     return table
 
@@ -385,7 +389,7 @@ def window_offsets(current_shape, base_shape, sim_img_to_ref, window_size: int):
 
 
 # --------------------------------------------------------------------------- mean-shift
-def _clamp_to_window(d: np.ndarray, window_size: int) -> np.ndarray:
+def clamp_to_window(d: np.ndarray, window_size: int) -> np.ndarray:
     hi = F32(window_size) - KDE_STEP                 # float32 ``w - 0.1f``
     return np.minimum(np.maximum(d, F32(0)), hi)
 
@@ -409,8 +413,7 @@ def _cell_index(w: int) -> tuple[np.ndarray, np.ndarray]:
     return got
 
 
-def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True,
-               double: bool = False) -> np.ndarray:
+def mean_shift(responses, dxs, dys, visible, sigma) -> np.ndarray:
     """KDE mean-shift per landmark in the reference frame.
 
     As ``NonVectorisedMeanShift_precalc_kde``: ``dx, dy`` are clamped to
@@ -429,85 +432,60 @@ def mean_shift(responses, dxs, dys, visible, sigma, grid: bool = True,
         Landmarks with a patch expert in the current view; others get 0.
     sigma : float
         KDE sigma of the pass.
-    grid : bool, default True
-        ``False`` is the ``no-kde-grid`` known-fault variant: the kernel is the
-        exact Gaussian at the clamped ``(dx, dy)`` instead of the nearest grid
-        position (all else identical).
-    double : bool, default False
-        The ``float64`` known-fault variant: the same grid, but the kernel and
-        the sums in double (what a port gets from numpy's defaults), rounded to
-        float32 at the end.
 
     Returns
     -------
     (n, 2) float32
         ``(msx, msy)`` per landmark, reference frame.
     """
-    if double:
-        return _mean_shift_double(responses, dxs, dys, visible, sigma, grid)
     resp = np.asarray(responses, dtype=F32)
     n, w, w2 = resp.shape
     if w != w2:
         raise ValueError(f"response maps must be square, got {resp.shape}")
-    vis = _visible_mask(visible, n)
+    vis = visible_mask(visible, n)
     out = np.zeros((n, 2), dtype=F32)
     if not vis.any():
         return out
-    if grid:
-        dxs32 = np.ascontiguousarray(dxs, dtype=F32).reshape(-1)
-        dys32 = np.ascontiguousarray(dys, dtype=F32).reshape(-1)
-        cols, rows = _cell_index(w)
-        if _mean_shift_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), dxs32, dys32,
-                               kde_kernel_table(sigma, w), cols, rows,
-                               F32(w) - KDE_STEP, out):
-            return out
-    dx = _clamp_to_window(np.asarray(dxs, dtype=F32)[vis], w)
-    dy = _clamp_to_window(np.asarray(dys, dtype=F32)[vis], w)
-    m = dx.shape[0]
-    if grid:
-        table = kde_kernel_table(sigma, w)
-        cols, rows = _cell_index(w)
-        sums = np.empty((3, m), dtype=F32)
-        _kde_sums_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), table,
-                          _grid_index(dx), _grid_index(dy), cols, rows, sums)
-        total, mx, my = sums
-    else:
-        # Each landmark's exact kernel is its own one-entry "table" of the same sums.
-        kern = np.ascontiguousarray(_kernel_values(dx, dy, kde_exponent(sigma), w))[:, None]
-        at = np.arange(m)
-        cols, rows = _cell_index(w)
-        sums = np.empty((3, m), dtype=F32)
-        _kde_sums_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), kern, at,
-                          np.zeros(m, dtype=np.intp), cols, rows, sums)
-        total, mx, my = sums
+    dxs32 = np.ascontiguousarray(dxs, dtype=F32).reshape(-1)
+    dys32 = np.ascontiguousarray(dys, dtype=F32).reshape(-1)
+    cols, rows = _cell_index(w)
+    if _mean_shift_grid_nb(np.ascontiguousarray(resp), np.flatnonzero(vis), dxs32, dys32,
+                           kde_kernel_table(sigma, w), cols, rows, F32(w) - KDE_STEP, out):
+        return out
+    # A non-finite offset: numpy's clamp and division rules, same table and sums.
+    dx = clamp_to_window(np.asarray(dxs, dtype=F32)[vis], w)
+    dy = clamp_to_window(np.asarray(dys, dtype=F32)[vis], w)
+    total, mx, my = kde_sums(resp, np.flatnonzero(vis), kde_kernel_table(sigma, w),
+                             _grid_index(dx), _grid_index(dy))
     with np.errstate(divide="ignore", invalid="ignore"):
         out[vis, 0] = mx / total - dx
         out[vis, 1] = my / total - dy
     return out
 
 
-def _mean_shift_double(responses, dxs, dys, visible, sigma, grid: bool) -> np.ndarray:
-    """:func:`mean_shift` computed in float64 throughout (the ``float64`` fault)."""
-    resp = np.asarray(responses, dtype=F64)
-    n, w, _ = resp.shape
-    vis = _visible_mask(visible, n)
-    out = np.zeros((n, 2), dtype=F32)
-    hi = F64(w) - 0.1
-    dx = np.clip(np.asarray(dxs, F64)[vis], 0.0, hi)
-    dy = np.clip(np.asarray(dys, F64)[vis], 0.0, hi)
-    if grid:
-        dx, dy = np.floor(dx / 0.1 + 0.5) * 0.1, np.floor(dy / 0.1 + 0.5) * 0.1
-    cells = np.arange(w, dtype=F64)
-    a = -0.5 / F64(sigma) ** 2
-    kern = np.exp(a * ((dy[:, None, None] - cells[None, :, None]) ** 2
-                       + (dx[:, None, None] - cells[None, None, :]) ** 2))
-    v = resp[vis] * kern
-    total = v.sum(axis=(1, 2))
-    out[vis, 0] = (v * cells[None, None, :]).sum(axis=(1, 2)) / total - np.clip(
-        np.asarray(dxs, F64)[vis], 0.0, hi)
-    out[vis, 1] = (v * cells[None, :, None]).sum(axis=(1, 2)) / total - np.clip(
-        np.asarray(dys, F64)[vis], 0.0, hi)
-    return out
+def kde_sums(resp: np.ndarray, vis_idx: np.ndarray, table: np.ndarray, ix: np.ndarray,
+             iy: np.ndarray) -> np.ndarray:
+    """OpenFace's three sequential float32 KDE sums per visible landmark.
+
+    Parameters
+    ----------
+    resp : (n, w, w) float32
+    vis_idx : (m,) int
+        The landmarks to sum.
+    table : (A, B, w, w) float32
+        Kernels; landmark ``t`` uses ``table[ix[t], iy[t]]``.
+    ix, iy : (m,) int
+
+    Returns
+    -------
+    (3, m) float32
+        ``sum v``, ``sum v * column``, ``sum v * row`` with ``v = resp * kernel``.
+    """
+    w = resp.shape[1]
+    cols, rows = _cell_index(w)
+    sums = np.empty((3, vis_idx.shape[0]), dtype=F32)
+    _kde_sums_grid_nb(np.ascontiguousarray(resp), vis_idx, table, ix, iy, cols, rows, sums)
+    return sums
 
 
 def to_image_frame(mean_shifts_ref, sim_ref_to_img, visible=None) -> np.ndarray:
@@ -528,7 +506,7 @@ def to_image_frame(mean_shifts_ref, sim_ref_to_img, visible=None) -> np.ndarray:
     (n, 2) float32
     """
     ms = np.ascontiguousarray(mean_shifts_ref, dtype=F32)
-    vis = _visible_mask(visible, ms.shape[0])
+    vis = visible_mask(visible, ms.shape[0])
     if ms.ndim == 2 and ms.shape[1] == 2:
         return _to_image_frame_nb(ms, np.ascontiguousarray(sim_ref_to_img, dtype=F32)
                                   .reshape(2, 2), vis)
@@ -698,8 +676,7 @@ def cholesky_solve(a, b):
 
 
 def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
-                 rigid: bool, regularise: bool = True, visible=None,
-                 double: bool = False) -> np.ndarray:
+                 rigid: bool, visible=None) -> np.ndarray:
     """One NU-RLMS parameter update ``delta_p`` (before UpdateModelParameters).
 
     ``(J^T W J + R) delta_p = J^T W ms - R p`` with, as in OpenFace:
@@ -732,9 +709,6 @@ def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
         Regularisation factor of the pass (a C++ float).
     rigid : bool
         Rigid phase: k = 6, no regularisation.
-    regularise : bool, default True
-        ``False`` is the ``no-regularisation`` known-fault variant: R = 0 in
-        the non-rigid phase too (neither the Hessian term nor ``- R p``).
     visible : (n,) bool or int, optional
         None means all visible.
 
@@ -744,11 +718,8 @@ def solve_update(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
         Zeros if the Hessian is not positive definite (as ``cv::solve``).
     """
     k = np.shape(J)[1]
-    if double:
-        return _solve_update_double(J, w_diag, mean_shifts, params_local, eigen_values,
-                                    reg_factor, rigid, regularise, visible)
     solver = UpdateSolver(w_diag, visible, np.asarray(eigen_values)[:max(k - 6, 0)], reg_factor,
-                          rigid, regularise)
+                          rigid)
     return solver.solve(J, mean_shifts, params_local)
 
 
@@ -767,21 +738,18 @@ class UpdateSolver:
         PDM eigenvalues (ignored when ``rigid``).
     reg_factor : float
     rigid : bool
-    regularise : bool
-        False for the ``no-regularisation`` fault.
     """
 
-    def __init__(self, w_diag, visible, eigen_values, reg_factor, rigid: bool,
-                 regularise: bool = True):
+    def __init__(self, w_diag, visible, eigen_values, reg_factor, rigid: bool):
         w = np.asarray(w_diag, dtype=F32).reshape(-1)
         self.unit_w = bool(np.all(w == 1))            # J * 1 == J: J^T J, computed half
         self.w_col = w[:, None]
-        vis = _visible_mask(visible, w.shape[0] // 2)
+        vis = visible_mask(visible, w.shape[0] // 2)
         self.invisible = ~np.concatenate([vis, vis])
         self.any_invisible = bool(self.invisible.any())
         m = 0 if rigid else np.asarray(eigen_values).reshape(-1).shape[0]
         self.reg = np.zeros(6 + m, dtype=F32)
-        self.subtract_reg = not rigid and regularise
+        self.subtract_reg = not rigid
         if self.subtract_reg:
             self.reg[6:] = regularisation_diag(eigen_values, reg_factor)[:m]
 
@@ -822,28 +790,6 @@ class UpdateSolver:
         return dp
 
 
-def _solve_update_double(J, w_diag, mean_shifts, params_local, eigen_values, reg_factor,
-                         rigid, regularise, visible) -> np.ndarray:
-    """The ``float64`` known fault: a port that builds and solves the normal
-    equations in double, as numpy does by default."""
-    J64 = np.asarray(J, dtype=F64).copy()
-    ms = np.asarray(mean_shifts, dtype=F32)
-    k = J64.shape[1]
-    vis = _visible_mask(visible, ms.shape[0])
-    vis2 = np.concatenate([vis, vis])
-    J64[~vis2] = 0
-    ms_vec = np.concatenate([ms[:, 0], ms[:, 1]]).astype(F64)
-    ms_vec[~vis2] = 0
-    w64 = np.asarray(w_diag, dtype=F32).reshape(-1).astype(F64)
-    rhs64 = (J64 * w64[:, None]).T @ ms_vec
-    reg64 = np.zeros(k)
-    if not rigid and regularise:
-        reg64[6:] = F64(reg_factor) / np.asarray(eigen_values, F64)[:k - 6]
-        rhs64[6:] -= reg64[6:] * np.asarray(params_local, F64).reshape(-1)[:k - 6]
-    h64 = (J64 * w64[:, None]).T @ J64 + np.diag(reg64)
-    return np.linalg.solve(h64, rhs64).astype(F32)
-
-
 # --------------------------------------------------------------------------- likelihood
 def landmark_likelihoods(responses, dxs, dys, visible, sigma) -> np.ndarray:
     """Per-landmark KDE likelihood at ``(dxs, dys)``, as NU_RLMS computes it
@@ -870,7 +816,7 @@ def landmark_likelihoods(responses, dxs, dys, visible, sigma) -> np.ndarray:
     """
     resp = np.asarray(responses, dtype=F32)
     n, w, _ = resp.shape
-    vis = _visible_mask(visible, n)
+    vis = visible_mask(visible, n)
     out = np.full(n, F32(-1e8), dtype=F32)
     if not vis.any():
         return out
@@ -919,7 +865,7 @@ def model_likelihood(landmark_lhoods, visible=None) -> np.float32:
     numpy.float32
     """
     lh = np.asarray(landmark_lhoods, dtype=F32).reshape(-1)
-    vis = _visible_mask(visible, lh.shape[0])
+    vis = visible_mask(visible, lh.shape[0])
     acc = F32(0)
     for v in lh[vis]:                                # once per fit: exact float rounding
         acc = F32(F64(acc) + libm.log(F64(v) + 1e-8))   # glibc's log, as the C++
@@ -944,150 +890,3 @@ def shape_change_norm(shape, previous) -> float:
     """
     d = np.asarray(shape, dtype=F32) - np.asarray(previous, dtype=F32)   # float32 differences
     return float(norm_l2_f32(np.concatenate([d[:, 0], d[:, 1]])))       # OpenFace's (x..., y...)
-
-
-# --------------------------------------------------------------------------- the loop
-#: A phase stops before an update when the shape moved less than this (pixels).
-SHAPE_CHANGE_TOL = 0.01
-
-
-class PhaseResult:
-    """What one NU-RLMS phase did.
-
-    Attributes
-    ----------
-    updates : int
-        Parameter updates done.
-    last_norm : float or None
-        Last shape-change norm measured (None when only one iteration ran).
-    likelihood : float
-        Model log-likelihood (when asked for, else 0).
-    landmark_likelihoods : (n,) float32 or None
-    """
-
-    __slots__ = ("updates", "last_norm", "likelihood", "landmark_likelihoods")
-
-    def __init__(self, updates, last_norm, likelihood=0.0, landmark_likelihoods=None):
-        self.updates = updates
-        self.last_norm = last_norm
-        self.likelihood = likelihood
-        self.landmark_likelihoods = landmark_likelihoods
-
-
-def nu_rlms(params_global, params_local, *, pdm, responses, base_shape, sim_img_to_ref,
-            sim_ref_to_img, window, visible, confidences, reg_factor, sigma, weight_factor,
-            n_iterations, rigid, limit_pose=True, compute_likelihood=False, faults=frozenset(),
-            rec=None, overrides=None):
-    """One NU-RLMS phase (OpenFace's ``CLNF::NU_RLMS``), rigid or non-rigid.
-
-    Each iteration: shape from the parameters; stop when it moved < 0.01 since
-    the previous one; offsets in the response windows; KDE mean-shifts mapped
-    to the image; Jacobian (invisible rows zeroed); regularised weighted
-    least-squares update; parameter update and clamp.
-
-    Parameters
-    ----------
-    params_global : (6,) float32
-    params_local : (m,) float32
-    pdm : clnfdiag.pdm.PDM
-    responses : (n, w, w) float32
-        Post-shift response maps (zeros for invisible landmarks).
-    base_shape : (n, 2) float32
-        Landmarks around which the responses were computed.
-    sim_img_to_ref, sim_ref_to_img : (2, 2) float32
-    window : int
-    visible : (n,) bool
-    confidences : (n,) float64
-        Patch confidences (used when ``weight_factor > 0``).
-    reg_factor, sigma, weight_factor : float
-        The pass's (adapted) values.
-    n_iterations : int
-    rigid : bool
-    compute_likelihood : bool
-        Take the per-landmark and model likelihoods at the end.
-    faults : frozenset[str]
-        ``no-kde-grid``, ``no-regularisation`` act here.
-    rec : Recorder, optional
-        Scoped to ``passN/<phase>/``.
-    overrides : Mapping[str, ndarray], optional
-        Stage values (keys relative to the phase, e.g. ``iter00/mean_shifts``)
-        that replace what this loop computes: used to replay a candidate
-        stage through the rest of the fit (impact analysis).
-
-    Returns
-    -------
-    params_global, params_local, PhaseResult
-    """
-    from .trace import NULL_RECORDER
-
-    rec = NULL_RECORDER if rec is None else rec
-    ov = overrides or {}
-    g = np.asarray(params_global, F32)
-    loc = np.asarray(params_local, F32)
-    w_diag = weight_matrix_diag(confidences, visible, weight_factor)
-    w_diag = ov.get("weights", w_diag)
-    rec.record("weights", w_diag, F32)
-    grid = "no-kde-grid" not in faults
-    regularise = "no-regularisation" not in faults
-    vis = _visible_mask(visible, pdm.n_points)
-    double = "float64" in faults
-    solver = UpdateSolver(w_diag, vis, pdm.eigen_values, reg_factor, rigid, regularise)
-    previous = None
-    dxs = dys = None
-    updates = 0
-    last_norm = None
-    for it in range(n_iterations):
-        tag = f"iter{it:02d}/"
-        # The shape and the Jacobian (rigid or full) from one 3D shape and rotation.
-        shape, jac = pdm.shape_and_jacobian(loc, g, rigid)
-        if ov:
-            shape = np.asarray(ov.get(tag + "shape", shape), F32)
-        rec.record(tag + "shape", shape, F32)
-        if previous is not None:
-            last_norm = shape_change_norm(shape, previous)
-            rec.record(tag + "shape_change_norm", last_norm, F64)
-            if last_norm < SHAPE_CHANGE_TOL:
-                break
-        previous = shape
-        dxs, dys = window_offsets(shape, base_shape, sim_img_to_ref, window)
-        if ov:
-            dxs = np.asarray(ov.get(tag + "dxs", dxs), F32)
-            dys = np.asarray(ov.get(tag + "dys", dys), F32)
-        ms_ref = ov.get(tag + "mean_shifts_ref")
-        if ms_ref is None:
-            ms_ref = mean_shift(responses, dxs, dys, vis, sigma, grid=grid, double=double)
-        ms = ov.get(tag + "mean_shifts")
-        if ms is None:
-            ms = to_image_frame(ms_ref, sim_ref_to_img, vis)
-        if solver.any_invisible:
-            jac[solver.invisible] = 0
-        jac = ov.get(tag + "jacobian", jac)
-        dp = ov.get(tag + "param_update")
-        if dp is None:
-            dp = (solve_update(jac, w_diag, ms, loc, pdm.eigen_values, reg_factor, rigid,
-                               regularise=regularise, visible=vis, double=True)
-                  if double else solver.solve(jac, ms, loc))
-        if rec.enabled:
-            rec.record(tag + "dxs", dxs, F32)
-            rec.record(tag + "dys", dys, F32)
-            rec.record(tag + "mean_shifts_ref", ms_ref, F32)
-            rec.record(tag + "mean_shifts", ms, F32)
-            rec.record(tag + "jacobian", jac, F32)
-            rec.record(tag + "param_update", dp, F32)
-        loc, g = pdm.update_parameters(dp, loc, g)
-        loc, g = pdm.clamp(loc, g, limit_pose)
-        if ov:
-            g = np.asarray(ov.get(tag + "params_global", g), F32)
-            loc = np.asarray(ov.get(tag + "params_local", loc), F32)
-        rec.record(tag + "params_global", g, F32)
-        rec.record(tag + "params_local", loc, F32)
-        updates += 1
-    rec.record("n_updates", updates, np.int32)
-    rec.record("final_global", g, F32)
-    rec.record("final_local", loc, F32)
-    result = PhaseResult(updates, last_norm)
-    if compute_likelihood and dxs is not None:
-        lh = landmark_likelihoods(responses, dxs, dys, visible, sigma)
-        result.landmark_likelihoods = lh
-        result.likelihood = float(model_likelihood(lh, visible))
-    return g, loc, result

@@ -1,8 +1,9 @@
 """Stage recording: the single mechanism through which every stage is traced.
 
-The fitter receives a recorder and calls ``rec.record(key, value)`` at each
-stage. Keys use the golden vocabulary (``pass0/response_raw``,
-``pass0/rigid/iter03/mean_shifts`` ...), see ``../shared/golden/FORMAT.md``.
+The fit loop (:mod:`clnfdiag.clnf.loop`) hands every stage value to its hook;
+a :class:`Recorder` is the hook of a traced fit and keeps a copy under the
+golden key (:func:`clnfdiag.keys.key_of`: ``pass0/response_raw``,
+``pass0/rigid/iter03/mean_shifts`` ..., see ``../shared/golden/FORMAT.md``).
 
 Tracing off means the fitter holds :data:`NULL_RECORDER`: its ``enabled`` is
 False, so call sites that would have to build a value only for the trace
@@ -15,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import InputError
-from .golden import stage_meaning, write_case
+from .clnf.protocol import StageHook, Where
+from .keys import iter_key, key_of, pass_key, phase_key  # noqa: F401  (the key builders, re-exported)
 
 
 def trace_digest(stages: dict[str, Any]) -> str:
@@ -35,23 +36,8 @@ def trace_digest(stages: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def pass_key(pass_index: int, name: str) -> str:
-    """Key of a per-pass stage, e.g. ``pass_key(0, "response")`` -> ``pass0/response``."""
-    return f"pass{pass_index}/{name}"
-
-
-def phase_key(pass_index: int, phase: str, name: str) -> str:
-    """Key of a per-phase value, e.g. ``pass1/rigid/weights``."""
-    return f"pass{pass_index}/{phase}/{name}"
-
-
-def iter_key(pass_index: int, phase: str, iteration: int, name: str) -> str:
-    """Key of a per-iteration value, e.g. ``pass0/nonrigid/iter04/param_update``."""
-    return f"pass{pass_index}/{phase}/iter{iteration:02d}/{name}"
-
-
-class Recorder:
-    """Collects stage arrays in execution order.
+class Recorder(StageHook):
+    """Collects stage arrays in execution order (the fit loop's hook of a traced fit).
 
     Attributes
     ----------
@@ -87,8 +73,17 @@ class Recorder:
         """A recorder writing into the same store under an extra prefix."""
         return Recorder(self.prefix + prefix, self.stages)
 
+    def stage(self, where: Where, value: Any, dtype: Any = None) -> Any:
+        """The fit loop's call: record ``value`` under the key of ``where`` and go on with it."""
+        self.record(key_of(where), value, dtype)
+        return value
 
-class NullRecorder:
+    def discard(self, where: Where) -> None:
+        """Remove the value recorded for ``where`` (if any)."""
+        self.stages.pop(self.prefix + key_of(where), None)
+
+
+class NullRecorder(StageHook):
     """Tracing off: records nothing and costs one attribute look-up per call site."""
 
     enabled = False
@@ -105,54 +100,28 @@ class NullRecorder:
 NULL_RECORDER = NullRecorder()
 
 
-class TraceWriter(Recorder):
-    """The recorder for other CLNF ports: call it at each stage, then save a golden-format case.
+class Feeding(Recorder):
+    """Recorder that goes on with another value wherever ``lookup(key)`` has one.
 
-    Keys are checked against the golden vocabulary (``../shared/golden/FORMAT.md``)
-    as they are recorded, so a typo fails at once instead of silently leaving a
-    stage uncompared. A port records what it has; stages it does not record are
-    reported as missing by ``clnfdiag compare``, never as wrong — except
-    ``final/landmarks``, which every trace needs.
-
-    Examples
-    --------
-    >>> from clnfdiag.trace import TraceWriter
-    >>> rec = TraceWriter("astronaut_default", "astronaut.png", bbox=(180.8, 85.7, 89.2, 86.8),
-    ...                   producer="myport 0.3")
-    >>> rec.record("pass0/response", my_maps)                  # (68, 11, 11)
-    >>> rec.record(iter_key(0, "rigid", 0, "mean_shifts"), ms)  # (68, 2)
-    >>> rec.record("final/landmarks", landmarks)                # (68, 2)
-    >>> rec.save("traces/")            # then: clnfdiag compare golden/ --candidate traces/
+    The value the loop computed is recorded either way; the loop then continues
+    with ``lookup(key)`` (cast to the stage's dtype) unless that is None. Isolated
+    mode feeds the golden's values this way, impact replays a candidate's.
 
     Parameters
     ----------
-    case_id : str
-        The golden case this trace answers (matched by id with ``--candidate``).
-    image : path or (H, W[, 3]) uint8 array
-        The input picture.
-    bbox : (x, y, w, h)
-    preset : str
-    parameters : dict, optional
-        The ``parameters`` block of the manifest (what the port ran with).
-    producer : str
-        Name and version of the implementation.
+    lookup : callable
+        ``lookup(key) -> array or None`` for full keys (prefix included).
     """
 
-    def __init__(self, case_id: str, image, bbox, preset: str = "default",
-                 parameters: dict | None = None, producer: str = "unknown CLNF port"):
-        super().__init__()
-        self.case_id, self.image, self.bbox = case_id, image, tuple(float(v) for v in bbox)
-        self.preset, self.parameters, self.producer = preset, dict(parameters or {}), producer
+    def __init__(self, lookup, prefix: str = "", stages: dict[str, np.ndarray] | None = None):
+        super().__init__(prefix, stages)
+        self.lookup = lookup
 
-    def record(self, key: str, value: Any, dtype: Any = None) -> None:
-        if stage_meaning(self.prefix + key) is None:
-            raise InputError(f"{self.prefix + key!r} is not a stage key of the golden format "
-                             "(see FORMAT.md)")
-        super().record(key, value, dtype)
+    def scoped(self, prefix: str) -> "Feeding":
+        return Feeding(self.lookup, self.prefix + prefix, self.stages)
 
-    def save(self, out_dir, result: dict | None = None) -> Path:
-        """Write ``out_dir/<case_id>/`` (manifest.json, image.png, stages.npz)."""
-        if "final/landmarks" not in self.stages:
-            raise InputError("a trace needs final/landmarks before it can be saved")
-        return write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
-                          self.parameters, self.stages, result or {}, self.producer)
+    def stage(self, where: Where, value: Any, dtype: Any = None) -> Any:
+        key = self.prefix + key_of(where)
+        self.stages[key] = np.array(value, dtype=dtype, copy=True)
+        fed = self.lookup(key)
+        return value if fed is None else np.asarray(fed, dtype=dtype)

@@ -35,6 +35,25 @@ def shared_cases() -> list[Path]:
     return case_dirs(SHARED_GOLDEN) + case_dirs(SHARED_GOLDEN_H)
 
 
+def golden_passes(case_dir: Path, stage: str) -> list[int]:
+    """The passes 0, 1, ... of a golden case that hold ``pass<k>/<stage>`` (read from the archive index)."""
+    import zipfile
+    with zipfile.ZipFile(case_dir / "stages.npz") as z:
+        names = set(z.namelist())
+    out: list[int] = []
+    while f"pass{len(out)}/{stage}.npy" in names:
+        out.append(len(out))
+    return out
+
+
+def case_pass_id(item) -> str:
+    """pytest id of a (case folder, pass) parameter: ``project/golden/astronaut_default`` / ``pass0``."""
+    if isinstance(item, Path):
+        where = "project" if item.parent == PROJECT_GOLDEN else "shared"
+        return f"{where}/{item.parent.name}/{item.name}"
+    return f"pass{item}"
+
+
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO

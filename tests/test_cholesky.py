@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import cv2
@@ -22,7 +21,7 @@ from clnfdiag.numerics.cholesky import (invert_cholesky, openblas_spotrf, opencv
                                         solve_cholesky, spotrf_plan)
 
 from _models import model_or_fail
-from conftest import PROJECT_GOLDEN, project_cases, shared_cases
+from conftest import case_pass_id, golden_passes, project_cases, shared_cases
 
 F32 = np.float32
 
@@ -172,23 +171,8 @@ def test_small_inverse_close_to_numpy():
 # The goldens' post-Sigma maps, from their raw maps
 # ---------------------------------------------------------------------------------------------
 
-def _passes(case_dir: Path) -> list[int]:
-    with zipfile.ZipFile(case_dir / "stages.npz") as z:
-        names = set(z.namelist())
-    out = []
-    while f"pass{len(out)}/response_raw.npy" in names:
-        out.append(len(out))
-    return out
-
-
-CASE_PASSES = [(c, p) for c in project_cases() + shared_cases() for p in _passes(c)]
-
-
-def _id(item) -> str:
-    if isinstance(item, Path):
-        where = "project" if item.parent == PROJECT_GOLDEN else "shared"
-        return f"{where}/{item.parent.name}/{item.name}"
-    return f"pass{item}"
+CASE_PASSES = [(c, p) for c in project_cases() + shared_cases() for p in golden_passes(c, "response_raw")]
+_id = case_pass_id
 
 
 @pytest.fixture(scope="module")

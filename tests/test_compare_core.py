@@ -21,7 +21,8 @@ from click.testing import CliRunner
 
 from clnfdiag.cli import main
 from clnfdiag.compare import metrics
-from clnfdiag.compare.comparator import (CandidateTraces, compare_stage, compare_traces, convergence_rows,
+from clnfdiag.compare.producers import CandidateTraces
+from clnfdiag.compare.comparator import (compare_stage, compare_traces, convergence_rows,
                                          parse_key, run, stage_kind)
 from clnfdiag.compare.struct import CaseComparison, CaseFailure, Summary
 from clnfdiag.compare.tolerances import (Tol, default_tolerances, landmark_floor, load_tolerances)

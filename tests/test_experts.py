@@ -6,38 +6,24 @@ every visible landmark's map is within 1e-5 of that landmark's golden peak
 """
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from clnfdiag.clnf.ops import OpenFaceOps
 from clnfdiag.experts import PatchExperts
+from clnfdiag.faults import with_faults
 
 from _models import model_or_fail
-from conftest import PROJECT_GOLDEN, project_cases, shared_cases
+from conftest import case_pass_id, golden_passes, project_cases, shared_cases
 
 REL_TOL = 1e-5
 STAGES = (("raw", "response_raw"), ("sigma", "response_sigma"), ("response", "response"))
 
 
-def _passes(case_dir: Path) -> list[int]:
-    with zipfile.ZipFile(case_dir / "stages.npz") as z:
-        names = set(z.namelist())
-    out = []
-    while f"pass{len(out)}/area_of_interest.npy" in names:
-        out.append(len(out))
-    return out
-
-
-CASE_PASSES = [(c, p) for c in project_cases() + shared_cases() for p in _passes(c)]
-
-
-def _id(item) -> str:
-    if isinstance(item, Path):
-        where = "project" if item.parent == PROJECT_GOLDEN else "shared"
-        return f"{where}/{item.parent.name}/{item.name}"
-    return f"pass{item}"
+CASE_PASSES = [(c, p) for c in project_cases() + shared_cases() for p in golden_passes(c, "area_of_interest")]
+_id = case_pass_id
 
 
 def _load_pass(case_dir: Path, p: int) -> dict[str, np.ndarray]:
@@ -138,28 +124,39 @@ def test_sigma_is_cached_and_read_only(experts):
 
 # --------------------------------------------------------------------------- fault switches
 
-def _responses(experts, g, faults=frozenset()):
-    return experts.responses(g["area_of_interest"], int(g["scale_index"]), int(g["view_id"]),
-                             faults=frozenset(faults))
+class _Stages:
+    """The three response stages of the visible landmarks, through clnfdiag's stage ops."""
+
+    def __init__(self, ops, g):
+        scale, view = int(g["scale_index"]), int(g["view_id"])
+        idx = ops.experts.bank(scale, view).landmarks
+        raw = ops.response_raw(g["area_of_interest"], scale, view)
+        sig = ops.response_sigma(raw, scale, view)
+        resp = ops.response(sig, scale, view)
+        self.raw, self.sigma, self.response = raw[idx], sig[idx], resp[idx]
 
 
-def test_fault_skip_sigma(experts, astronaut_pass0):
-    out = _responses(experts, astronaut_pass0, {"skip-sigma"})
+def _responses(model, g, faults=frozenset()):
+    return _Stages(with_faults(OpenFaceOps(model.main), faults), g)
+
+
+def test_fault_skip_sigma(model, astronaut_pass0):
+    out = _responses(model, astronaut_pass0, {"skip-sigma"})
     np.testing.assert_array_equal(out.sigma, out.raw)
 
 
-def test_fault_normalize_response(experts, astronaut_pass0):
-    good = _responses(experts, astronaut_pass0)
-    out = _responses(experts, astronaut_pass0, {"normalize-response"})
+def test_fault_normalize_response(model, astronaut_pass0):
+    good = _responses(model, astronaut_pass0)
+    out = _responses(model, astronaut_pass0, {"normalize-response"})
     np.testing.assert_allclose(out.response.max(axis=(1, 2)), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(out.sigma, good.sigma)  # only the last stage changes
     np.testing.assert_allclose(out.response, good.response / good.response.max(axis=(1, 2),
                                keepdims=True), rtol=1e-5, atol=1e-7)
 
 
-def test_fault_clip_instead_of_shift(experts, astronaut_pass0):
-    good = _responses(experts, astronaut_pass0)
-    out = _responses(experts, astronaut_pass0, {"clip-instead-of-shift"})
+def test_fault_clip_instead_of_shift(model, astronaut_pass0):
+    good = _responses(model, astronaut_pass0)
+    out = _responses(model, astronaut_pass0, {"clip-instead-of-shift"})
     assert out.response.min() >= 0
     neg = good.sigma.min(axis=(1, 2)) < 0
     assert neg.any()
@@ -169,9 +166,9 @@ def test_fault_clip_instead_of_shift(experts, astronaut_pass0):
     np.testing.assert_array_equal(out.response[~neg], good.response[~neg])
 
 
-def test_fault_sigmoid_no_double_alpha(experts, astronaut_pass0):
-    good = _responses(experts, astronaut_pass0)
-    out = _responses(experts, astronaut_pass0, {"sigmoid-no-double-alpha"})
+def test_fault_sigmoid_no_double_alpha(model, astronaut_pass0):
+    good = _responses(model, astronaut_pass0)
+    out = _responses(model, astronaut_pass0, {"sigmoid-no-double-alpha"})
     np.testing.assert_allclose(out.raw, good.raw / 2, rtol=1e-6, atol=0)
 
 
@@ -189,9 +186,9 @@ def test_sigma_components_commute_with_transpose(model):
                 np.testing.assert_array_equal(c[np.ix_(perm, perm)], c)
 
 
-def test_fault_transpose_sigma(experts, astronaut_pass0):
-    good = _responses(experts, astronaut_pass0)
-    out = _responses(experts, astronaut_pass0, {"transpose-sigma"})
+def test_fault_transpose_sigma(model, astronaut_pass0):
+    good = _responses(model, astronaut_pass0)
+    out = _responses(model, astronaut_pass0, {"transpose-sigma"})
     np.testing.assert_array_equal(out.raw, good.raw)
     np.testing.assert_allclose(out.sigma, good.sigma.transpose(0, 2, 1), rtol=1e-5, atol=1e-7)
     diff = np.abs(out.sigma - good.sigma).max(axis=(1, 2)) / np.abs(good.sigma).max(axis=(1, 2))

@@ -15,7 +15,7 @@ from conftest import PROJECT_GOLDEN
 from clnfdiag.cli import main
 from clnfdiag.errors import InputError
 from clnfdiag.golden import read_case
-from clnfdiag.trace import TraceWriter
+from clnfdiag.golden import TraceWriter
 
 CASE = PROJECT_GOLDEN / "astronaut_default"
 

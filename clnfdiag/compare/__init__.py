@@ -9,7 +9,8 @@
 The trace producers (``isolated``, ``propagated``) and ``impact`` live in this
 package too and are imported on first use.
 """
-from .comparator import CandidateTraces, FitProducer, compare_stage, compare_traces, parse_key, run, stage_kind
+from .comparator import compare_stage, compare_traces, parse_key, run, stage_kind
+from .producers import CandidateTraces, FitProducer
 from .struct import CaseComparison, CaseFailure, ConvergenceRow, StageResult, Summary
 from .tolerances import Tol, Tolerances, default_tolerances, load_tolerances
 

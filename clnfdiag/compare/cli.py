@@ -3,7 +3,10 @@
 Registered on the root group in :mod:`clnfdiag.cli` (``main.add_command(compare)``);
 it also reports its own errors, so it runs on its own. Exit codes: 0 every
 comparison passes the gate, 1 a divergence beyond the gate, 2 bad input or
-usage (one line on stderr per problem).
+usage (one line on stderr per problem), 130 interrupted. The ``--json`` and
+``--report`` targets are checked before the first comparison and written
+whole at the end (:mod:`clnfdiag.outputs`): an interrupt leaves no partial
+output.
 """
 from __future__ import annotations
 
@@ -17,23 +20,21 @@ from typing import IO, Any
 
 import click
 
-from ..errors import ClnfdiagError, InputError
+from ..cli_support import MODELS_HELP, run_body
+from ..errors import InputError, note_line
 from ..faults import FAULTS, parse_faults
 from ..golden import find_cases, read_case
-from .comparator import (FINAL_LANDMARKS, CandidateTraces, FitProducer, impact_function, producer_function,
-                         run)
+from ..outputs import check_file_target, check_folder_target, is_empty_folder, write_file
+from ..processes import usable_cpus
+from .comparator import (FINAL_LANDMARKS, run)
+from .producers import CandidateTraces, FitProducer
 from .struct import CaseComparison, CaseFailure, Summary, fmt_number
-from .tolerances import Tolerances, load_tolerances
+from .tolerances import Tolerances, exact_tolerances, load_tolerances
 
 #: Carriage return + erase line: removes the progress counter before a result line.
 _CLEAR_LINE = "\r\033[K"
 #: Format tag of the JSON written by ``--json``.
 JSON_FORMAT = "clnfdiag-compare/1"
-
-
-def _error_line(err: ClnfdiagError) -> str:
-    # Same wording as clnfdiag.cli.error_line (not imported: clnfdiag.cli imports this module).
-    return f"clnfdiag: {err.kind}: {err}"
 
 
 @click.command("compare")
@@ -42,6 +43,12 @@ def _error_line(err: ClnfdiagError) -> str:
 @click.option("--candidate", type=click.Path(path_type=Path), default=None,
               help="Candidate traces in the golden format: a case folder, or a folder of case folders "
                    "matched to the golden cases by case id. No fitting then.")
+@click.option("--port", "port", metavar="MODULE:OBJECT", default=None,
+              help="Fit with another CLNF implementation plugged into clnfdiag's fit loop: OBJECT "
+                   "(in an importable MODULE, or FILE.py:OBJECT) takes the main CLNF model and returns "
+                   "a port adapter (clnfdiag.ports.PortOps). Every mode, the impact replays and "
+                   "--inject work as for clnfdiag's own fit; stages the port does not compute are "
+                   "listed as not produced.")
 @click.option("--mode", type=click.Choice(["isolated", "propagated", "both"]), default=None,
               help="isolated: every stage from the golden's own inputs; propagated: end-to-end fit. "
                    "With --candidate the mode picks the tolerance table: a port's end-to-end trace "
@@ -51,23 +58,31 @@ def _error_line(err: ClnfdiagError) -> str:
 @click.option("--tolerances", "tolerances_file", type=click.Path(path_type=Path), default=None,
               help="TOML file of per-stage-kind tolerances [default: [tool.clnfdiag.tolerances] "
                    "of ./pyproject.toml, else the shipped defaults].")
+@click.option("--exact", is_flag=True,
+              help="Judge every stage of both modes by equality: any differing value diverges. "
+                   "clnfdiag's own fit reproduces the OpenFace C++ goldens bit for bit on any CPU; "
+                   "this is the regression gate for it (cannot be combined with --tolerances).")
 @click.option("--gate", type=click.Choice(["stages", "landmarks"]), default="stages", show_default=True,
               help="stages: fail on any stage beyond tolerance; landmarks: only when the final "
                    "landmarks are (or the first divergence's impact on them is).")
 @click.option("--inject", multiple=True, metavar="FAULT",
               help=f"Inject a known fault into the fit (repeatable): {', '.join(FAULTS)}.")
 @click.option("--report", "report_dir", type=click.Path(path_type=Path), default=None,
-              help="Write the report (tables, plots, HTML) to this folder.")
+              help="Write the report (tables, plots, HTML) to this folder: checked before the run, "
+                   "built aside and moved into place whole at the end. An earlier report there is "
+                   "replaced (none of its files stay); a folder holding anything else is refused.")
 @click.option("--json", "json_out", metavar="FILE|-", default=None,
-              help="Write the comparisons as JSON to FILE, or to stdout with '-' (human lines go to stderr).")
-@click.option("--models", type=click.Path(path_type=Path), default=None,
-              help="OpenFace model folder [default: $OPENFACE_MODELS_DIR, then the cache].")
+              help="Write the comparisons as JSON to FILE (checked before the run, written whole at "
+                   "the end), or to stdout with '-' (human lines go to stderr).")
+@click.option("--models", type=click.Path(path_type=Path), default=None, help=MODELS_HELP)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Cases compared in parallel processes.")
+              help="Cases compared in parallel processes (at most the usable CPUs: more would only "
+                   "compete for them and multiply the memory).")
 @click.option("--quiet", is_flag=True, help="No progress and no line per passing case.")
 @click.pass_context
-def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path | None, mode: str | None,
-            tolerances_file: Path | None, gate: str, inject: tuple[str, ...], report_dir: Path | None,
+def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path | None, port: str | None,
+            mode: str | None,
+            tolerances_file: Path | None, exact: bool, gate: str, inject: tuple[str, ...], report_dir: Path | None,
             json_out: str | None, models: Path | None, workers: int, quiet: bool) -> None:
     """Compare a CLNF implementation with OpenFace C++ golden cases, stage by stage.
 
@@ -75,31 +90,32 @@ def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path 
     --candidate the given traces are judged; otherwise this project's fitter
     produces them (--mode, --inject). One line per case and mode, then a summary.
 
-    Exit codes: 0 all within the gate, 1 divergence, 2 bad input or usage.
+    Exit codes: 0 all within the gate, 1 divergence, 2 bad input or usage
+    (an unusable --json/--report target is found before the run), 130
+    interrupted (nothing half-written).
     """
-    try:
-        code = _compare(golden_paths, candidate, mode, tolerances_file, gate, inject, report_dir,
-                        json_out, models, workers, quiet)
-    except ClnfdiagError as err:
-        click.echo(_error_line(err), err=True)
-        ctx.exit(err.exit_code)
-    ctx.exit(code)
+    ctx.exit(run_body(lambda: _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject,
+                                       report_dir, json_out, models, workers, quiet, port)))
 
 
-def _compare(golden_paths, candidate, mode, tolerances_file, gate, inject, report_dir, json_out, models,
-             workers, quiet) -> int:
+def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject, report_dir, json_out,
+             models, workers, quiet, port=None) -> int:
     """The command body; returns the exit code (raises ClnfdiagError for bad input)."""
     t0 = time.perf_counter()
-    tolerances = load_tolerances(tolerances_file)
+    if exact and tolerances_file is not None:
+        raise InputError("--exact and --tolerances cannot be combined (--exact allows no difference)")
+    tolerances = exact_tolerances() if exact else load_tolerances(tolerances_file)
     case_dirs = find_cases(list(golden_paths))
     modes = _modes(mode, candidate is not None)
-    producer, impact = _producer(candidate, inject, models, modes, len(case_dirs), workers)
-    write_report = _report_writer() if report_dir is not None else None
+    report_module = _report_module() if report_dir is not None else None
+    _check_targets(json_out, report_dir, report_module)
+    workers = _cap_workers(workers)
+    producer, impact = _producer(candidate, inject, models, modes, len(case_dirs), workers, port)
     human = sys.stderr if json_out == "-" else sys.stdout
     progress = _progress_printer(len(case_dirs)) if not quiet and _is_tty(sys.stderr) else None
 
     results: list[CaseComparison | CaseFailure] = []
-    keep = keep_for_report if write_report is not None else None
+    keep = keep_for_report if report_module is not None else None
     for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress, impact=impact,
                    keep=keep):
         results.append(res)
@@ -107,18 +123,42 @@ def _compare(golden_paths, candidate, mode, tolerances_file, gate, inject, repor
     if progress is not None:
         click.echo(_CLEAR_LINE, err=True, nl=False)
     summary = Summary.from_results(results, time.perf_counter() - t0)
+    payload = _json_payload(results, summary, modes, gate, tolerances) if json_out is not None else None
+    if report_module is not None:
+        _write_report(report_module.write_report, results, report_dir,
+                      _source(golden_paths, candidate, inject, port))
+    if payload is not None:
+        _write_json(json_out, payload)
+    # The line's time is the whole command's, report and JSON included.
+    summary.wall_time_s = time.perf_counter() - t0
     click.echo(summary.line(), file=human)
-    if json_out is not None:
-        _write_json(json_out, _json_payload(results, summary, modes, gate, tolerances))
-    if write_report is not None:
-        _write_report(write_report, results, report_dir, _source(golden_paths, candidate, inject))
     return summary.exit_code
 
 
-def _source(golden_paths, candidate, inject) -> str:
+def _check_targets(json_out: str | None, report_dir: Path | None, report_module: Any) -> None:
+    """Fail before the run on a --json or --report target that could not be written at the end."""
+    if json_out is not None and json_out != "-":
+        check_file_target(json_out, "--json")
+    if report_dir is not None:
+        # The report module says which existing folders are its own (replaceable whole).
+        replaceable = getattr(report_module, "is_report_folder", is_empty_folder)
+        check_folder_target(report_dir, "--report", replaceable, getattr(report_module, "REPORT_WHAT", "a report"))
+
+
+def _cap_workers(workers: int) -> int:
+    """``--workers`` capped at the usable CPUs (said on stderr); more only compete and multiply memory."""
+    cpus = usable_cpus()
+    if workers > cpus:
+        click.echo(note_line(f"--workers {workers} capped at {cpus}, the CPUs this process may use"), err=True)
+        return cpus
+    return workers
+
+
+def _source(golden_paths, candidate, inject, port=None) -> str:
     """What was compared, for the report page."""
     text = "golden " + " ".join(map(str, golden_paths))
-    text += f"; candidate {candidate}" if candidate is not None else "; clnfdiag fit"
+    text += (f"; candidate {candidate}" if candidate is not None
+             else f"; port {port}" if port is not None else "; clnfdiag fit")
     return text + (f"; injected {', '.join(inject)}" if inject else "")
 
 
@@ -129,26 +169,31 @@ def _modes(mode: str | None, have_candidate: bool) -> tuple[str, ...]:
 
 
 def _producer(candidate: Path | None, inject: tuple[str, ...], models: Path | None, modes: tuple[str, ...],
-              n_cases: int, workers: int):
+              n_cases: int, workers: int, port: str | None = None):
     """The trace producer and impact function for the options (fails fast on what it can check)."""
     if candidate is not None:
         if inject:
             raise InputError("--inject changes the fit; it cannot be combined with --candidate (no fitting)")
+        if port is not None:
+            raise InputError("--port fits with a port; it cannot be combined with --candidate (no fitting)")
         return CandidateTraces(candidate, match_any=n_cases == 1), None
     faults = parse_faults(list(inject))
-    for m in modes:
-        producer_function(m)
-    producer = FitProducer(models, faults)
-    if workers == 1:
-        producer.fitter  # load the model now: a model error is reported before any case
+    if port is not None:
+        from ..ports import load_port
+        load_port(port)  # a bad spec is reported before any case
+    producer = FitProducer(models, faults, port)
+    if workers == 1 or n_cases <= 1:
+        producer.candidate_fitter  # load the model (and port) now: a model error is reported before any case
     else:
-        from ..models import find_model_dir
-        find_model_dir(models)
-    return producer, (producer.impact if impact_function() is not None else None)
+        # Read (and checksum) the model here too: a model error is reported before any case, and a
+        # modified file's warning once, not by every worker (the workers do not repeat it).
+        from ..models import load_model
+        load_model(models)
+    return producer, producer.impact
 
 
-def _report_writer():
-    """``clnfdiag.report.write_report``, or InputError when that module is not there."""
+def _report_module():
+    """``clnfdiag.report`` (with its ``write_report``), or InputError when that module is not there."""
     try:
         module = importlib.import_module("clnfdiag.report")
     except ModuleNotFoundError as exc:
@@ -157,7 +202,7 @@ def _report_writer():
         raise InputError("--report needs the clnfdiag.report module, which is not installed") from None
     if not hasattr(module, "write_report"):
         raise InputError("clnfdiag.report has no write_report(comparisons, out_dir)")
-    return module.write_report
+    return module
 
 
 def keep_for_report(key: str) -> bool:
@@ -257,10 +302,7 @@ def _write_json(target: str, payload: dict) -> None:
     if target == "-":
         click.echo(text, nl=False)
         return
-    try:
-        Path(target).write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"cannot write JSON ({exc.strerror or exc})", target) from None
+    write_file(target, text, "--json")
 
 
 __all__ = ["compare", "case_line"]

@@ -9,19 +9,16 @@ tolerance. :func:`run` streams cases through a **producer** (a callable
 :class:`~clnfdiag.compare.struct.CaseComparison` per case and mode, in input
 order, keeping only the small per-stage results.
 
-Producers shipped here: :class:`CandidateTraces` (traces already written in
-the golden format by some implementation, no fitting) and
-:class:`FitProducer` (this project's fitter through
-``clnfdiag.compare.isolated.isolated_trace`` /
-``clnfdiag.compare.propagated.propagated_trace``, imported on first use).
+The comparator only judges: the producers (clnfdiag's fit, a port, written
+traces) are in :mod:`clnfdiag.compare.producers`, above it.
 """
 from __future__ import annotations
 
-import importlib
 import math
 import multiprocessing
 import re
 import time
+import warnings
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,9 +29,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import ClnfdiagError, InputError
-from ..faults import parse_faults
+from ..errors import ClnfdiagError, ClnfdiagWarning, InputError
 from ..golden import MANIFEST, PHASE_ORDER, GoldenCase, find_cases, read_case
+from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers
 from . import metrics
 from .struct import DIVERGED, PASS, CaseComparison, CaseFailure, ConvergenceRow, StageResult
 from .tolerances import MODES, Tol, Tolerances, default_tolerances, landmark_floor, landmark_tolerance
@@ -52,12 +49,6 @@ StageImpact = Callable[[str], Mapping[str, float] | None]
 CaseImpact = Callable[[GoldenCase, Mapping[str, np.ndarray], str], Mapping[str, float] | None]
 #: ``producer(case, mode) -> trace``.
 Producer = Callable[[GoldenCase, str], Mapping[str, np.ndarray]]
-
-
-class ProducerError(ClnfdiagError):
-    """A stage producer (isolated/propagated/impact) cannot be used."""
-
-    kind = "producer error"
 
 
 # --------------------------------------------------------------------------- keys
@@ -131,6 +122,10 @@ def compare_stage(key: str, golden: np.ndarray, candidate: np.ndarray, tol: Tol,
         fields = metrics.compare_vectors(golden, candidate, tol, info.kind, n_landmarks)
     for name, value in fields.items():
         setattr(res, name, value)
+    if candidate.dtype.kind == "f":
+        n_nan = int(np.count_nonzero(np.isnan(candidate)))
+        if n_nan:  # the metrics count a NaN as an infinite error; say where it came from
+            res.note = f"{n_nan} NaN value(s) in the candidate"
     return res
 
 
@@ -271,7 +266,9 @@ def _evaluate_impact(stages: list[StageResult], impact: StageImpact, lm_allowed:
             continue
         s.impact = {k: float(v) for k, v in dict(res).items()}
         px = s.impact.get("landmarks_max_px")
-        s.reaches_landmarks = None if px is None else bool(not px <= lm_allowed)
+        # A move within the case's own rounding noise (its measured envelope) is not an effect.
+        allowed = max(lm_allowed, s.impact.get("noise_band_px", 0.0))
+        s.reaches_landmarks = None if px is None else bool(not px <= allowed)
 
 
 def _verdict(cmp: CaseComparison) -> str:
@@ -352,131 +349,6 @@ def _diff_rms(g: np.ndarray | None, c: np.ndarray | None) -> float | None:
         return float(np.sqrt(np.mean(e * e)))
 
 
-# --------------------------------------------------------------------------- producers
-
-class CandidateTraces:
-    """Producer of traces already written in the golden format (no fitting).
-
-    Parameters
-    ----------
-    root : path
-        A candidate case folder, or a folder of candidate case folders
-        matched to golden cases by folder name (= case id).
-    match_any : bool
-        With a single candidate case folder, use it for any golden case (the
-        CLI sets this when exactly one golden case is compared); otherwise
-        its folder name or manifest case id must equal the golden's.
-    verify : bool
-        Check every candidate array against its manifest (shape, dtype, finite).
-    """
-
-    def __init__(self, root: str | Path, match_any: bool = False, verify: bool = True):
-        self.root = Path(root)
-        self.match_any = match_any
-        self.verify = verify
-        self.single: Path | None = None
-        self.by_id: dict[str, Path] = {}
-        if (self.root / MANIFEST).is_file():
-            self.single = self.root
-        elif self.root.is_dir():
-            self.by_id = {p.name: p for p in find_cases([self.root])}
-        else:
-            raise InputError("no such candidate folder", self.root)
-        self._cache: tuple[Path, dict[str, np.ndarray]] | None = None
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_cache"] = None  # worker processes read their own
-        return state
-
-    def path_for(self, case_id: str) -> Path:
-        """Candidate folder for a golden case id (InputError when there is none)."""
-        if self.single is not None:
-            return self.single
-        if case_id not in self.by_id:
-            raise InputError(f"no candidate trace for golden case {case_id!r}", self.root)
-        return self.by_id[case_id]
-
-    def __call__(self, case: GoldenCase, mode: str) -> dict[str, np.ndarray]:
-        path = self.path_for(case.case_id)
-        if self._cache is not None and self._cache[0] == path:
-            return self._cache[1]
-        with read_case(path, verify=self.verify) as cand:
-            if self.single is not None and not self.match_any and case.case_id not in (path.name, cand.case_id):
-                raise InputError(f"candidate is case {cand.case_id!r}, golden is {case.case_id!r}", path)
-            trace = {k: np.array(cand.stage(k)) for k in cand.keys()}
-        self._cache = (path, trace)
-        return trace
-
-
-def producer_function(mode: str) -> Callable[..., Mapping[str, np.ndarray]]:
-    """``isolated_trace`` or ``propagated_trace`` from ``clnfdiag.compare.<mode>`` (imported now).
-
-    Raises
-    ------
-    ProducerError
-        The module or function cannot be imported.
-    """
-    _check_choice("mode", mode, MODES)
-    module_name, func_name = f"clnfdiag.compare.{mode}", f"{mode}_trace"
-    try:
-        return getattr(importlib.import_module(module_name), func_name)
-    except (ImportError, AttributeError) as exc:
-        raise ProducerError(f"the {mode} producer {module_name}.{func_name} is not available ({exc})") from None
-
-
-def impact_function() -> Callable[..., Mapping[str, float]] | None:
-    """``clnfdiag.compare.impact.impact``, or None when that module does not exist."""
-    try:
-        module = importlib.import_module("clnfdiag.compare.impact")
-    except ModuleNotFoundError as exc:
-        if exc.name == "clnfdiag.compare.impact":
-            return None
-        raise
-    return getattr(module, "impact", None)
-
-
-class FitProducer:
-    """Producer fitting with this project's :class:`~clnfdiag.fitter.Fitter`.
-
-    The fitter (model) is loaded on first use, once per process; pickling
-    drops it, so worker processes load their own.
-
-    Parameters
-    ----------
-    models : path, optional
-        Model folder (``Fitter(models=...)``).
-    faults : iterable of str
-        Faults to inject (names from :data:`clnfdiag.faults.FAULTS`).
-    """
-
-    def __init__(self, models: str | Path | None = None, faults: Iterable[str] = ()):
-        self.models = models
-        self.faults = parse_faults(list(faults))
-        self._fitter: Any = None
-
-    @property
-    def fitter(self) -> Any:
-        """The loaded Fitter."""
-        if self._fitter is None:
-            from ..fitter import Fitter
-            self._fitter = Fitter(models=self.models)
-        return self._fitter
-
-    def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state["_fitter"] = None
-        return state
-
-    def __call__(self, case: GoldenCase, mode: str) -> Mapping[str, np.ndarray]:
-        return producer_function(mode)(case, self.fitter, self.faults)
-
-    def impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray], stage_key: str) -> Mapping[str, float] | None:
-        """The lead's impact function for one stage, or None when it does not exist."""
-        fn = impact_function()
-        return None if fn is None else fn(case, candidate, stage_key, self.fitter)
-
-
 # --------------------------------------------------------------------------- many cases
 
 @dataclass
@@ -542,7 +414,10 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
     gate : {"stages", "landmarks"}
         See :func:`compare_traces`.
     workers : int
-        Processes (spawned; each loads what the producer needs once).
+        Processes (spawned; each loads what the producer needs once). Workers
+        ignore Ctrl-C (the caller's process stops the pool) and do not repeat
+        clnfdiag's warnings: read the model in the calling process first to
+        see its checksum warnings.
     progress : callable, optional
         ``progress(cases_done, cases_total)`` after each case.
     impact : callable, optional
@@ -584,6 +459,9 @@ _WORKER_JOB: _Job | None = None
 def _init_worker(job: _Job) -> None:
     global _WORKER_JOB
     _WORKER_JOB = job
+    ignore_interrupts()  # the main process handles Ctrl-C and stops the pool
+    # The main process read the model before starting the pool and showed its warnings once.
+    warnings.simplefilter("ignore", ClnfdiagWarning)
 
 
 def _worker(ref: str | Path) -> list[CaseComparison | CaseFailure]:
@@ -599,10 +477,11 @@ def _run_parallel(refs: list, job: _Job, workers: int,
     pending: deque[Future] = deque()
     todo = iter(refs)
     try:
-        for ref in todo:
-            pending.append(ex.submit(_worker, ref))
-            if len(pending) >= 2 * workers:
-                break
+        with interrupts_ignored():  # the first submissions start the workers
+            for ref in todo:
+                pending.append(ex.submit(_worker, ref))
+                if len(pending) >= 2 * workers:
+                    break
         done = 0
         while pending:
             results = pending.popleft().result()
@@ -613,5 +492,9 @@ def _run_parallel(refs: list, job: _Job, workers: int,
             if progress:
                 progress(done, len(refs))
             yield from results
+    except BaseException:  # Ctrl-C, or the caller stopped reading: no result is wanted any more
+        terminate_workers(ex)
+        raise
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
+

@@ -10,12 +10,13 @@ difference alone (clnfdiag's own float-level differences cancel out).
 from __future__ import annotations
 
 import re
-
 import numpy as np
 
+from ..clnf.loop import fit_passes
 from ..fitter import Fitter
 from ..golden import GoldenCase
-from ..trace import Recorder
+from ..trace import Feeding
+from .noise import envelope
 from .propagated import case_parameters
 
 F32 = np.float32
@@ -24,6 +25,11 @@ F32 = np.float32
 _TERMINAL = re.compile(r"(^final/|/landmark_likelihoods$|/shape_change_norm$|/n_updates$"
                        r"|^input/|/final_(global|local)$|/visibilities$|/window_size$"
                        r"|/scale_index$)")
+
+
+def replay(overrides: dict[str, np.ndarray]) -> Feeding:
+    """The hook of an impact replay: the stages named in ``overrides`` go on with those values."""
+    return Feeding(overrides.get)
 
 
 def _replay(case: GoldenCase, fitter: Fitter, start_pass: int,
@@ -38,10 +44,10 @@ def _replay(case: GoldenCase, fitter: Fitter, start_pass: int,
     src = f"pass{start_pass}/params_{{}}_in" if start_pass > 0 else "init/params_{}"
     g = np.asarray(overrides.get(src.format("global"), case.stage(src.format("global"))), F32)
     loc = np.asarray(overrides.get(src.format("local"), case.stage(src.format("local"))), F32)
-    rec = Recorder()
-    out = fitter.main.fit(gray, g, loc, p, rec, start_pass=start_pass, overrides=overrides)
-    landmarks = fitter.main.pdm.calc_shape_2d(out["params_local"], out["params_global"])
-    return landmarks, rec.stages
+    hook = replay(overrides)
+    out = fit_passes(fitter.main, gray, g, loc, p, hook, start_pass=start_pass)
+    landmarks = fitter.main.shape_2d(out.params_local, out.params_global)
+    return landmarks, hook.stages
 
 
 def _first_mean_shift_diff(cand: dict[str, np.ndarray], base: dict[str, np.ndarray],
@@ -68,7 +74,9 @@ def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
     dict
         ``mean_shifts_max_px``: largest change of the first image-frame
         mean-shifts computed after the stage; ``landmarks_max_px``: largest change of a
-        final landmark (main model, before any hierarchical refinement).
+        final landmark (main model, before any hierarchical refinement);
+        ``noise_band_px``: how far the same replay moves under rounding alone
+        (:func:`clnfdiag.compare.noise.envelope`), the move a change must exceed to count.
     """
     if stage_key == "final/landmarks":
         d = np.linalg.norm(candidate[stage_key] - case.stage(stage_key), axis=-1).max()
@@ -84,7 +92,8 @@ def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
     base_lm, base_tr = _replay(case, fitter, start, {stage_key: case.stage(stage_key)})
     cand_lm, cand_tr = _replay(case, fitter, start, {stage_key: np.asarray(candidate[stage_key])})
     return {"mean_shifts_max_px": _first_mean_shift_diff(cand_tr, base_tr, stage_key),
-            "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max())}
+            "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max()),
+            "noise_band_px": envelope(case, fitter).band_px}
 
 
 def _hierarchical_impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
@@ -97,11 +106,8 @@ def _hierarchical_impact(case: GoldenCase, candidate: dict[str, np.ndarray], sta
     loc = case.stage(f"pass{last}/nonrigid/final_local")
     before = case.stage("hierarchical/landmarks_before")
     gray = case.stage("input/gray").astype(F32)
-    if stage_key == "hierarchical/landmarks_before":
-        runs = [fitter.refine(gray, lm, g, loc) for lm in (before, candidate[stage_key])]
-    else:
-        runs = [fitter.refine(gray, before, g, loc, overrides={stage_key: np.asarray(v)})
-                for v in (case.stage(stage_key), candidate[stage_key])]
+    runs = [fitter.refine(gray, before, g, loc, replay({stage_key: np.asarray(v)}))
+            for v in (case.stage(stage_key), candidate[stage_key])]
     moved = np.linalg.norm(runs[1][0] - runs[0][0], axis=-1).max()
     # Part fits have no mean-shift stage in the golden: only the landmarks are measured.
     return {"mean_shifts_max_px": 0.0, "landmarks_max_px": float(moved)}

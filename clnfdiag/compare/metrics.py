@@ -67,13 +67,14 @@ def bit_identical(candidate: Any, golden: np.ndarray) -> np.ndarray:
         ``0.0`` and a NaN equals a NaN of the same payload); all False when the
         shapes differ.
     """
-    g = np.ascontiguousarray(golden)
-    c = np.ascontiguousarray(np.asarray(candidate).astype(g.dtype, copy=False))
+    g = np.asarray(golden)
+    c = np.asarray(candidate).astype(g.dtype, copy=False)
     if c.shape != g.shape:
         return np.zeros(g.shape, bool)
     if g.dtype.kind == "f":
         u = np.dtype(f"u{g.dtype.itemsize}")
-        return c.view(u) == g.view(u)
+        # (a contiguous copy is at least 1-d: reshape back, so a scalar stays 0-d)
+        return (np.ascontiguousarray(c).view(u) == np.ascontiguousarray(g).view(u)).reshape(g.shape)
     return c == g
 
 

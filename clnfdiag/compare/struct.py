@@ -29,6 +29,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..errors import EXIT_BAD_INPUT, EXIT_DIVERGENCE, EXIT_OK
+
 #: Verdicts of a case comparison.
 PASS = "pass"
 DIVERGED = "diverged"
@@ -63,7 +65,13 @@ def json_list(arr: np.ndarray | None) -> list | None:
     """A 1-d array as a JSON list, non-finite values as None."""
     if arr is None:
         return None
-    return [json_number(v) for v in np.asarray(arr, dtype=np.float64).ravel()]
+    a = np.asarray(arr, dtype=np.float64).ravel()
+    out = a.tolist()  # whole-array conversion: a report asks for tens of thousands of these lists
+    bad = ~np.isfinite(a)
+    if bad.any():
+        for i in np.flatnonzero(bad):
+            out[i] = None
+    return out
 
 
 @dataclass
@@ -354,7 +362,7 @@ class CaseFailure:
     mode: str | None
     kind: str
     error: str
-    exit_code: int = 2
+    exit_code: int = EXIT_BAD_INPUT
 
     passed = False
     verdict = "error"
@@ -431,7 +439,9 @@ class Summary:
     @property
     def exit_code(self) -> int:
         """2 when any case failed, else 1 when any diverged, else 0."""
-        return 2 if self.errors else (1 if self.diverged else 0)
+        if self.errors:
+            return EXIT_BAD_INPUT
+        return EXIT_DIVERGENCE if self.diverged else EXIT_OK
 
     def line(self) -> str:
         """One human line: cases passed/total, worst stage and error, wall time."""

@@ -20,6 +20,9 @@ import numpy as np
 from ..errors import ModelError
 from .matio import BinaryReader, read_bytes
 
+#: Largest patch-expert side accepted (OpenFace's are 11); guards against reading garbage as a size.
+_MAX_PATCH = 1024
+
 
 @dataclass(frozen=True)
 class CCNFExpert:
@@ -105,7 +108,12 @@ def _read_neuron(rd: BinaryReader, where: str) -> tuple:
     if ntype not in (0,):
         # Only intensity neurons (type 0) reach the OpenBLAS response path OpenFace uses.
         raise ModelError(f"unsupported neuron type {ntype} in {where}", rd.path, f"byte {start - 32}")
-    return ntype, norm_w, bias, alpha, w.astype(np.float32, copy=False)
+    with np.errstate(over="ignore", invalid="ignore"):
+        w32 = w.astype(np.float32, copy=False)
+    if not (np.isfinite(w32).all() and all(np.isfinite(v) for v in (norm_w, bias, alpha))):
+        # A NaN or a weight beyond float32 would give NaN responses: the file is damaged.
+        raise ModelError(f"non-finite value (or beyond float32) in {where}", rd.path, f"byte {start - 32}")
+    return ntype, norm_w, bias, alpha, w32
 
 
 def _read_expert(rd: BinaryReader, n_betas: int, where: str) -> CCNFExpert:
@@ -113,6 +121,8 @@ def _read_expert(rd: BinaryReader, n_betas: int, where: str) -> CCNFExpert:
     width = rd.int32(f"width of {where}")
     height = rd.int32(f"height of {where}")
     n_neurons = rd.int32(f"neuron count of {where}")
+    if not (0 <= width <= _MAX_PATCH and 0 <= height <= _MAX_PATCH):
+        raise ModelError(f"implausible patch size {width}x{height} for {where}", rd.path, f"byte {rd.offset - 12}")
     if n_neurons < 0 or n_neurons > 10_000:
         raise ModelError(f"implausible neuron count {n_neurons} for {where}", rd.path,
                          f"byte {rd.offset - 4}")

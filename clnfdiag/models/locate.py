@@ -8,7 +8,7 @@ from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
-from ..errors import ModelError
+from ..errors import ClnfdiagWarning, ModelError
 
 #: Where the pyclnf/pyfaceau cache keeps OpenFace 2.2.0's landmark models.
 CACHE_SUBDIR = Path("2.2.0/originals/lib/local/LandmarkDetector/model")
@@ -18,7 +18,7 @@ HOW_TO_PROVIDE = ("point --models or $OPENFACE_MODELS_DIR at a folder holding "
                   f"{CACHE_SUBDIR}/ (the pyclnf/pyfaceau cache) or OpenFace's own model/ folder")
 
 
-class ModelChecksumWarning(UserWarning):
+class ModelChecksumWarning(ClnfdiagWarning):
     """A model file is unknown or differs from OpenFace 2.2.0's."""
 
 

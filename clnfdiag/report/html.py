@@ -1,15 +1,24 @@
-"""The report page: one self-contained ``index.html`` (inline CSS/JS, PNGs as data URIs, no network)."""
+"""The report pages (inline CSS/JS, no network).
+
+:func:`render_pages` chooses the layout by size: while the whole report fits in
+:data:`PAGE_BUDGET_BYTES`, one self-contained ``index.html`` with the PNGs as
+data URIs; beyond, ``index.html`` holds the overview and each comparison gets
+its own ``<case>/index.html`` linking the PNGs next to it, so no page grows
+with the number of cases but the overview table.
+"""
 from __future__ import annotations
 
 import base64
 import html
 import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import INDEX_FILE
 from .tables import CaseView, fmt, kind_of
 
 #: Columns of the per-landmark table on the page (all of them are in magnitude.csv).
@@ -45,6 +54,15 @@ PLOTS = [
 
 #: Rows of the stage table shown per case (the rest is in summary.json).
 MAX_STAGE_ROWS = 40
+
+#: Largest single-page report (bytes of index.html with the PNGs embedded); a larger
+#: report gets one page per comparison instead (a browser opens a 4 MB page in about a second).
+PAGE_BUDGET_BYTES = 4_000_000
+
+#: ``src`` of a plot image: ``(file stem, PNG bytes) -> URL``.
+ImageSource = Callable[[str, bytes], str]
+#: ``href`` of a comparison from the overview: ``CaseView -> URL``.
+CaseLink = Callable[[CaseView], str]
 
 CSS = """
 :root { --ok:#1b7f3a; --bad:#b3261e; --unk:#8a6d00; --line:#d8d8d8; --bg:#fafafa; }
@@ -137,12 +155,37 @@ def esc(x: Any) -> str:
     return html.escape(str(x), quote=True)
 
 
+_DATA_URI_HEAD = "data:image/png;base64,"
+
+
 def data_uri(png: bytes) -> str:
-    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return _DATA_URI_HEAD + base64.b64encode(png).decode("ascii")
+
+
+def embedded(stem: str, png: bytes) -> str:
+    """ImageSource of the single page: the PNG itself."""
+    return data_uri(png)
+
+
+def beside(stem: str, png: bytes) -> str:
+    """ImageSource of a case page: the PNG file next to it."""
+    return f"{stem}.png"
+
+
+def anchor(v: CaseView) -> str:
+    """CaseLink of the single page: the comparison's section."""
+    return f"#{v.slug}"
+
+
+def case_page_link(v: CaseView) -> str:
+    """CaseLink of the paged layout: the comparison's own page (a failure stays on the overview)."""
+    return anchor(v) if v.is_failure else f"{v.slug}/{INDEX_FILE}"
 
 
 def _cell(value: Any, digits: int = 4) -> str:
     """A numeric table cell with its exact value in data-v (for sorting)."""
+    if type(value) is float and math.isfinite(value):  # the common case first
+        return f'<td data-v="{value!r}">{value:.{digits}g}</td>'
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '<td data-v="">-</td>'
     if isinstance(value, (bool, np.bool_)):
@@ -160,7 +203,7 @@ def _pill(verdict: str) -> str:
     return f'<span class="pill {esc(verdict)}">{esc(verdict.upper())}</span>'
 
 
-def overview(views: list[CaseView], summary: dict) -> str:
+def overview(views: list[CaseView], summary: dict, link: CaseLink = anchor) -> str:
     """Headline and the table of every comparison."""
     ok_views = [v for v in views if not v.is_failure]
     n_div = sum(v.verdict != "pass" for v in ok_views)
@@ -177,7 +220,7 @@ def overview(views: list[CaseView], summary: dict) -> str:
     rows = []
     for v in views:
         if v.is_failure:
-            rows.append(f'<tr><td class="l"><a href="#{esc(v.slug)}">{esc(v.case)}</a></td>'
+            rows.append(f'<tr><td class="l"><a href="{esc(link(v))}">{esc(v.case)}</a></td>'
                         f'<td class="l">{esc(v.mode or "-")}</td><td class="l">{_pill("error")}</td>'
                         f'<td class="l" colspan="5">{esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</td></tr>')
             continue
@@ -186,7 +229,7 @@ def overview(views: list[CaseView], summary: dict) -> str:
         ms, _ = v.impact_value("mean_shifts_max_px")
         lm, _ = v.impact_value("landmarks_max_px")
         rows.append(
-            f'<tr><td class="l"><a href="#{esc(v.slug)}">{esc(v.case)}</a></td><td class="l">{esc(v.mode)}</td>'
+            f'<tr><td class="l"><a href="{esc(link(v))}">{esc(v.case)}</a></td><td class="l">{esc(v.mode)}</td>'
             f'<td class="l">{_pill(v.verdict)}</td>'
             f'<td class="l"><code>{esc(v.first_divergent_stage or "-")}</code></td>'
             f"{_cell(ms)}{_cell(lm)}{_cell(v.landmark_tolerance)}"
@@ -244,13 +287,13 @@ def landmark_table(v: CaseView, mag: pd.DataFrame) -> str:
             (c[0] != "patch_confidence" or sub[c[0]].notna().any())]
     head = "".join(f'<th class="{"l" if c[0] == "region" else ""}" title="{esc(c[2])}">{esc(c[1])}</th>'
                    for c in cols)
-    body = []
-    records = sub[[c[0] for c in cols]].to_dict("records")
-    for rec in records:
-        bad = rec.get("within_tolerance") is False
-        cells = "".join(_cell(_plain(rec[c[0]])) for c in cols)
-        body.append(f'<tr class="beyond">{cells}</tr>' if bad else f"<tr>{cells}</tr>")
-    return (f'<h3>Per landmark (response maps)</h3><p class="meta noprint">{len(records)} rows; click a column '
+    # Column by column from plain Python values (tolist): a report has hundreds of thousands of cells.
+    columns = [[_cell(_plain(x)) for x in sub[c[0]].tolist()] for c in cols]
+    beyond = [x is False for x in sub["within_tolerance"].tolist()] if "within_tolerance" in sub.columns \
+        else [False] * len(sub)
+    body = [f'<tr class="beyond">{"".join(cells)}</tr>' if bad else f'<tr>{"".join(cells)}</tr>'
+            for bad, cells in zip(beyond, zip(*columns))]
+    return (f'<h3>Per landmark (response maps)</h3><p class="meta noprint">{len(body)} rows; click a column '
             f'header to sort. Every column is in <code>magnitude.csv</code>.</p>'
             f'<div class="tablewrap"><table class="sortable landmarks" data-case="{esc(v.slug)}"><thead><tr>{head}'
             f'</tr></thead><tbody>{"".join(body)}</tbody></table></div>')
@@ -258,6 +301,8 @@ def landmark_table(v: CaseView, mag: pd.DataFrame) -> str:
 
 def _plain(x: Any) -> Any:
     """pandas/numpy cell value -> Python value (None for missing)."""
+    if type(x) is float:
+        return x
     if x is None:
         return None
     if isinstance(x, (bool, np.bool_)):
@@ -274,8 +319,9 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]], mag: pd.DataFrame) -> str:
-    """One case: verdict, impact, stage table, plots, per-landmark table."""
+def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]], mag: pd.DataFrame,
+                 src: ImageSource = embedded) -> str:
+    """One case: verdict, impact, stage table, plots (``src`` says where each image is), per-landmark table."""
     if v.is_failure:
         return (f'<section class="case" id="{esc(v.slug)}"><h2>{esc(v.title)} {_pill("error")}</h2>'
                 f'<p>Could not be compared: {esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</p>'
@@ -302,7 +348,7 @@ def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]],
             figs.append(f'<figure><figcaption><b>{esc(heading)}</b></figcaption>'
                         f'<p class="note">Not shown: {esc(note)}.</p></figure>')
         else:
-            figs.append(f'<figure><img src="{data_uri(png)}" alt="{esc(heading)}, {esc(v.title)}" loading="eager">'
+            figs.append(f'<figure><img src="{esc(src(stem, png))}" alt="{esc(heading)}, {esc(v.title)}" loading="eager">'
                         f'<figcaption><b>{esc(heading)}</b></figcaption></figure>')
     parts.append('<div class="grid">' + "".join(figs) + "</div>")
     parts.append(landmark_table(v, mag))
@@ -310,25 +356,83 @@ def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]],
     return "\n".join(parts)
 
 
-def render_page(views: list[CaseView], summary: dict, sections: list[str], source: str = "") -> str:
-    """The whole page."""
+def _document(title: str, body: str) -> str:
+    """A complete HTML page: head with the inline CSS, ``body``, the inline script."""
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{esc(title)}</title><style>{CSS}</style></head>\n"
+            "<body data-images-loaded=\"pending\">\n" + body + f"\n<script>{JS}</script>\n</body></html>\n")
+
+
+def report_title(views: list[CaseView]) -> str:
+    """``clnfdiag report: N comparison(s), all pass`` (or how many diverged)."""
     ok = [v for v in views if not v.is_failure]
     n_div = sum(v.verdict != "pass" for v in ok)
-    title = (f"clnfdiag report: {len(views)} comparison(s), "
-             + ("all pass" if n_div == 0 and len(ok) == len(views) else f"{n_div} diverged"))
-    nav = " ".join(f'<a href="#{esc(v.slug)}">{esc(v.title)}</a>' for v in views)
+    return (f"clnfdiag report: {len(views)} comparison(s), "
+            + ("all pass" if n_div == 0 and len(ok) == len(views) else f"{n_div} diverged"))
+
+
+def render_page(views: list[CaseView], summary: dict, sections: list[str], source: str = "",
+                link: CaseLink = anchor) -> str:
+    """The overview page: headline, overview table, navigation, then ``sections``."""
+    title = report_title(views)
+    nav = " ".join(f'<a href="{esc(link(v))}">{esc(v.title)}</a>' for v in views)
     when = datetime.now().strftime("%Y-%m-%d %H:%M")
-    return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<title>{esc(title)}</title><style>{CSS}</style></head>\n"
-        "<body data-images-loaded=\"pending\">\n"
-        f"<h1>{esc(title)}</h1>"
-        f'<p class="meta">Generated {when}'
-        + (f" from <code>{esc(source)}</code>" if source else "")
-        + ". Files next to this page: <code>summary.json</code> (comparator output), "
-          "<code>magnitude.csv</code>, <code>convergence.csv</code>, per-case PNGs.</p>\n"
-        + overview(views, summary)
-        + f"\n<nav>Cases: {nav}</nav>\n"
-        + "\n".join(sections)
-        + f"\n<script>{JS}</script>\n</body></html>\n")
+    paged = link is not anchor
+    body = (f"<h1>{esc(title)}</h1>"
+            f'<p class="meta">Generated {when}'
+            + (f" from <code>{esc(source)}</code>" if source else "")
+            + ". Files next to this page: <code>summary.json</code> (comparator output), "
+              "<code>magnitude.csv</code>, <code>convergence.csv</code>, per-case PNGs"
+            + ("; each comparison has its own page (plots, stage and per-landmark tables), linked from "
+               "the table below" if paged else "") + ".</p>\n"
+            + overview(views, summary, link)
+            + f"\n<nav>Cases: {nav}</nav>\n"
+            + "\n".join(sections))
+    return _document(title, body)
+
+
+def case_page(v: CaseView, section: str, source: str = "") -> str:
+    """A comparison's own page (paged layout), next to its PNGs."""
+    back = f'<nav><a href="../{INDEX_FILE}">\u2190 all comparisons</a></nav>'
+    body = (f"<h1>clnfdiag report: {esc(v.title)}</h1>"
+            + (f'<p class="meta">From <code>{esc(source)}</code>.</p>' if source else "")
+            + back + section + back)
+    return _document(f"clnfdiag report: {v.title}", body)
+
+
+def _embedded_size(plots: dict[str, tuple[bytes | None, str | None]]) -> int:
+    """Bytes the plots add to a page as data URIs."""
+    return sum(len(_DATA_URI_HEAD) + 4 * ((len(png) + 2) // 3) for png, _ in plots.values() if png is not None)
+
+
+def render_pages(views: list[CaseView], summary: dict, figures: dict[str, dict], mag: pd.DataFrame,
+                 source: str = "") -> dict[str, str]:
+    """Every page of the report: ``{path relative to the report folder: HTML}``.
+
+    One self-contained ``index.html`` while it fits in :data:`PAGE_BUDGET_BYTES`;
+    otherwise ``index.html`` (overview, failures) and ``<case>/index.html`` per comparison.
+
+    Parameters
+    ----------
+    views : list of CaseView
+    summary : dict
+        The normalised comparator JSON.
+    figures : dict
+        ``{slug: {stem: (png or None, note)}}`` of the compared (non-failure) views.
+    mag : pandas.DataFrame
+        The magnitude table (per-landmark rows).
+    source : str
+        What was compared, shown on the pages.
+    """
+    linked = {v.slug: case_section(v, figures.get(v.slug, {}), mag, beside) for v in views}
+    size = sum(len(s) for s in linked.values()) + sum(_embedded_size(f) for f in figures.values())
+    if size <= PAGE_BUDGET_BYTES:
+        sections = [case_section(v, figures.get(v.slug, {}), mag, embedded) for v in views]
+        return {INDEX_FILE: render_page(views, summary, sections, source)}
+    pages = {INDEX_FILE: render_page(views, summary, [linked[v.slug] for v in views if v.is_failure], source,
+                                     case_page_link)}
+    for v in views:
+        if not v.is_failure:
+            pages[f"{v.slug}/{INDEX_FILE}"] = case_page(v, linked[v.slug], source)
+    return pages

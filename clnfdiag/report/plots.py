@@ -1,4 +1,4 @@
-"""PNG plots of one case comparison (matplotlib, Agg canvas, no pyplot state).
+"""PNG plots of one case comparison, drawn on a :class:`~clnfdiag.report.raster.Canvas`.
 
 Each ``plot_*`` function returns ``(png_bytes, None)`` or ``(None, reason)``
 when its input is missing, so the page can say why a plot is absent.
@@ -7,10 +7,14 @@ Plots read the case JSON through :class:`~clnfdiag.report.tables.CaseView`;
 the two that need arrays (the image with landmarks, the response maps) take
 them from a :class:`CaseArrays`, gathered from the golden case and the
 candidate stages, or from the ``report_arrays.npz`` a previous report saved.
+
+Every plot is laid out by hand in inches from the top left (panels, strips,
+colour bars, labels); values are mapped to strip coordinates here. That is what
+keeps a plot to a few milliseconds, so that a report of a hundred comparisons
+builds in seconds.
 """
 from __future__ import annotations
 
-import io
 import math
 import textwrap
 from dataclasses import dataclass, field
@@ -18,16 +22,11 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.collections import LineCollection, PolyCollection
-from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
+from .raster import CYCLE, DASHED, DOTTED, Canvas, colour_map
 from .tables import (MAP_KINDS, MAP_STAGES, MAP_TITLES, POINT_FIELD, REGION_COLOURS, REGIONS,
                      SHAPE_CHANGE_TOL, CaseView, fmt, kind_of, pass_of, region_of)
 
-#: Resolution of every PNG (small: the page embeds them all).
-DPI = 80
 #: Response-map landmarks shown per case.
 N_WORST_MAPS = 3
 #: Floor of log-scale error axes (exact zeros are drawn there).
@@ -227,25 +226,7 @@ def golden_only_arrays(view: CaseView) -> CaseArrays:
     return out
 
 
-# --------------------------------------------------------------------------- rendering helpers
-
-#: zlib level of the PNGs: 3 compresses the photo plot about 3x faster than Pillow's default 6, and
-#: dropping the (opaque) alpha channel more than makes up for the size.
-PNG_COMPRESS_LEVEL = 3
-
-
-def _png(fig: Figure) -> bytes:
-    """The figure as RGB PNG bytes at :data:`DPI`."""
-    from PIL import Image  # a matplotlib dependency
-
-    canvas = FigureCanvasAgg(fig)
-    fig.set_dpi(DPI)
-    canvas.draw()
-    rgb = np.ascontiguousarray(np.asarray(canvas.buffer_rgba())[..., :3])
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="png", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
-
+# --------------------------------------------------------------------------- layout helpers
 
 def _nice_factor(x: float) -> float:
     """Largest 1-2-5 step <= x (at least 1)."""
@@ -258,34 +239,20 @@ def _nice_factor(x: float) -> float:
     return float(e)
 
 
-# --------------------------------------------------------------------------- cheap drawing on one Axes
-#
-# Every Axes (and every tick of it) costs matplotlib a lot of set-up and layout time. The
-# multi-panel plots below are therefore drawn on ONE Axes spanning the whole figure whose data
-# units are inches (x to the right, y downwards): panels, strips, colour bars and labels are
-# placed by hand, values mapped to strip coordinates here, and each kind of mark is a single
-# collection for the whole figure.
-
-def _inch_canvas(width: float, height: float) -> tuple[Figure, Any]:
-    """A figure and one frameless Axes over all of it, data units = inches from the top left."""
-    fig = Figure(figsize=(width, height))
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.set_axis_off()
-    ax.set_xlim(0, width)
-    ax.set_ylim(height, 0)
-    ax.set_autoscale_on(False)
-    return fig, ax
-
-
-def _frames(ax, boxes: list[tuple[float, float, float, float]], lw: float = 0.8) -> None:
-    """Black outlines of (x0, y0, x1, y1) boxes."""
-    if boxes:
-        ax.add_collection(PolyCollection([[(a, b), (c, b), (c, d), (a, d)] for a, b, c, d in boxes],
-                                         facecolors="none", edgecolors="black", linewidths=lw), autolim=False)
-
-
 def _nice_decimals(step: float) -> int:
     return max(0, -math.floor(math.log10(step) + 1e-9)) if step > 0 else 0
+
+
+def _linear_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    """At most about ``n`` + 1 round values in [lo, hi] (steps 1, 2, 2.5, 5 x 10^k)."""
+    span = hi - lo
+    if not (span > 0 and math.isfinite(span)):
+        return [lo]
+    raw = span / n
+    e = 10 ** math.floor(math.log10(raw))
+    step = next(m * e for m in (1, 2, 2.5, 5, 10) if m * e >= raw)
+    first = math.ceil(lo / step - 1e-9)
+    return [k * step for k in range(first, math.floor(hi / step + 1e-9) + 1)]
 
 
 @dataclass
@@ -309,34 +276,34 @@ class _Scale:
         if self.log:
             e0, e1 = math.ceil(math.log10(self.lo) - 1e-9), math.floor(math.log10(self.hi) + 1e-9)
             vals = [10.0 ** e for e in range(e0, e1 + 1)]
-            if len(vals) > 4:  # like LogLocator(numticks=4): every k-th decade
+            if len(vals) > 4:  # every k-th decade, at most 4 labels
                 k = math.ceil(len(vals) / 4)
                 vals = [10.0 ** e for e in range(e0, e1 + 1) if (e - e0) % k == 0]
             if len(vals) < 2:
                 vals = sorted({m * 10.0 ** e for e in range(e0 - 1, e1 + 1) for m in (1, 2, 5)
                                if self.lo <= m * 10.0 ** e <= self.hi})
             return [(v, f"{v:g}") for v in vals]
-        vals = [v for v in MaxNLocator(5).tick_values(self.lo, self.hi) if self.lo - 1e-12 <= v <= self.hi + 1e-12]
+        vals = [v for v in _linear_ticks(self.lo, self.hi) if self.lo - 1e-12 <= v <= self.hi + 1e-12]
         dec = _nice_decimals(vals[1] - vals[0]) if len(vals) > 1 else 3
         return [(v, f"{v:.{dec}f}") for v in vals]
 
 
 class _Strips:
-    """Stacked strips sharing one landmark x axis, drawn on an inch canvas."""
+    """Stacked strips sharing one landmark x axis, on one canvas (inches from the top left)."""
 
     def __init__(self, n: int, n_strips: int, *, width: float = 8.0, header: float = 0.3, strip: float = 0.85,
                  gap: float = 0.35, bottom: float = 0.45, left: float = 0.64, right: float = 0.08):
         self.n, self.strip, self.gap = n, strip, gap
         self.height = header + n_strips * strip + (n_strips - 1) * gap + bottom
-        self.fig, self.ax = _inch_canvas(width, self.height)
+        self.canvas = Canvas(width, self.height)
         self.x0, self.x1 = left, width - right
         self.top = header
         self.tops = [header + j * (strip + gap) for j in range(n_strips)]
-        self._sx = (self.x1 - self.x0) / (n + 0.4)  # landmark axis from -0.7 to n - 0.3
+        self.slot = (self.x1 - self.x0) / (n + 0.4)  # landmark axis from -0.7 to n - 0.3
 
     def x(self, i: Any) -> Any:
         """Canvas x of landmark position ``i``."""
-        return self.x0 + (np.asarray(i, np.float64) + 0.7) * self._sx
+        return self.x0 + (np.asarray(i, np.float64) + 0.7) * self.slot
 
     def y(self, j: int, frac: Any) -> np.ndarray:
         """Canvas y of fraction ``frac`` of strip ``j`` (clipped to the strip)."""
@@ -344,7 +311,7 @@ class _Strips:
 
     def decorate(self, scales: list[_Scale], titles: list[str], region_labels: bool = True) -> None:
         """Region bands, frames, y ticks and labels, titles, region ticks and labels."""
-        ax, n = self.ax, self.n
+        cv, n = self.canvas, self.n
         bands, colours, frames, ticks = [], [], [], []
         names = [(name, lo, hi) for name, (lo, hi) in REGIONS.items() if lo < n]
         for j, (scale, title) in enumerate(zip(scales, titles)):
@@ -357,24 +324,35 @@ class _Strips:
             for v, label in scale.ticks():
                 yv = float(self.y(j, scale.frac(v)))
                 ticks.append([(self.x0 - 0.05, yv), (self.x0, yv)])
-                ax.text(self.x0 - 0.08, yv, label, fontsize=7, ha="right", va="center")
+                cv.text(self.x0 - 0.08, yv, label, size=7, ha="right", va="center")
             for _, lo, _ in names:
                 ticks.append([(float(self.x(lo)), b), (float(self.x(lo)), b + 0.05)])
-            ax.text(self.x0, t - 0.03, title, fontsize=8, ha="left", va="bottom")
-        ax.add_collection(PolyCollection(bands, facecolors=colours, alpha=0.07, linewidths=0), autolim=False)
-        _frames(ax, frames)
-        ax.add_collection(LineCollection(ticks, colors="black", linewidths=0.8), autolim=False)
+            cv.text(self.x0, t - 0.03, title, size=8, ha="left", va="bottom")
+        cv.polygons(bands, fill=colours, alpha=0.07, over_white=True)  # the bands are drawn first
+        cv.frames(frames)
+        cv.lines(ticks)
         if region_labels:
             yb = self.tops[-1] + self.strip + 0.08
             for name, lo, _ in names:
-                ax.text(float(self.x(lo)), yb, f"{lo}\n{name}", fontsize=7, ha="center", va="top",
-                        linespacing=1.15)
+                cv.text(float(self.x(lo)), yb, f"{lo}\n{name}", size=7, ha="center", va="top")
 
     def hline(self, segs: list, j: int, scale: _Scale, value: float) -> None:
         f = float(scale.frac(value))
         if 0 <= f <= 1:
             yv = float(self.y(j, f))
             segs.append([(self.x0, yv), (self.x1, yv)])
+
+
+def _legend(cv: Canvas, x: float, y: float, entries: list[tuple[str, str, str, bool]], size: float = 7) -> None:
+    """A framed legend with its top-left at (x, y): (marker, colour, label, filled) per line."""
+    step = 0.17
+    width = 0.35 + max(len(label) for *_, label, _ in entries) * size * 0.55 / 72.0
+    cv.rectangle((x, y, x + width, y + step * len(entries) + 0.06), "white", alpha=0.75)
+    cv.frames([(x, y, x + width, y + step * len(entries) + 0.06)], colour="#cccccc", width=0.6)
+    for i, (marker, colour, label, filled) in enumerate(entries):
+        yy = y + 0.03 + step * (i + 0.5)
+        cv.markers([x + 0.14], [yy], marker, 4, colour, filled=filled)
+        cv.text(x + 0.28, yy, label, size=size, va="center")
 
 
 # --------------------------------------------------------------------------- (1) image + landmarks
@@ -386,8 +364,9 @@ def plot_landmarks(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, st
         return None, arrays.notes.get("landmarks", "final landmarks of both sides are needed")
     g = g.astype(np.float64)
     c = c.astype(np.float64)
-    err = np.linalg.norm(c - g, axis=1)
-    err_max = float(np.nanmax(err)) if err.size else 0.0
+    with np.errstate(invalid="ignore"):
+        err = np.linalg.norm(c - g, axis=1)
+    err_max = float(np.nanmax(err)) if np.isfinite(err).any() else 0.0
     lo, hi = np.nanmin(g, axis=0), np.nanmax(g, axis=0)
     extent = float(max(hi - lo))
     mag = _nice_factor(0.08 * extent / err_max) if err_max > 0 else 1.0
@@ -397,30 +376,38 @@ def plot_landmarks(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, st
     # Window in full-image coordinates, within the (possibly cropped) image we have.
     wx0, wy0, wx1, wy1 = _crop_window([g - (ox, oy)], w, h)
     crop = img[wy0:wy1, wx0:wx1]
-    x0, x1, y0, y1 = wx0 + ox, wx1 + ox, wy0 + oy, wy1 + oy
+    x0, y0 = wx0 + ox, wy0 + oy
     if crop.ndim == 3:
-        crop = crop[..., ::-1]  # BGR -> RGB
+        crop = crop[..., 2::-1]  # BGR -> RGB
+    cw, ch = max(crop.shape[1], 1), max(crop.shape[0], 1)
 
-    fig = Figure(figsize=(5.2, 5.2 * max(y1 - y0, 1) / max(x1 - x0, 1) * 0.9 + 0.6))
-    ax = fig.add_axes((0.02, 0.02, 0.96, 0.86))
-    ax.imshow(crop, cmap="gray", extent=(x0 - 0.5, x1 - 0.5, y1 - 0.5, y0 - 0.5), interpolation="bilinear")
-    ax.plot(g[:, 0], g[:, 1], "o", ms=3.5, mfc="none", mec="#00e000", mew=1.0, label="golden")
-    ax.plot(c[:, 0], c[:, 1], "x", ms=3.5, color="#ff3030", mew=1.0, label="candidate")
-    d = (c - g) * mag
-    ax.quiver(g[:, 0], g[:, 1], d[:, 0], d[:, 1], angles="xy", scale_units="xy", scale=1, color="#ffd000",
-              width=0.004, headwidth=3, headlength=4)
-    ax.set_xlim(x0 - 0.5, x1 - 0.5)
-    ax.set_ylim(y1 - 0.5, y0 - 0.5)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(loc="lower right", fontsize=7, framealpha=0.7)
-    worst = int(np.nanargmax(err)) if err.size and err_max > 0 else None
-    fig.suptitle(f"final landmarks: golden (green o) vs candidate (red x)\n"
-                 f"error vectors (yellow) magnified \u00d7{mag:g}; max error {fmt(err_max)} px"
-                 + (f" at landmark {worst}" if worst is not None else ""), fontsize=9, y=0.985)
-    ax.text(0.01, 0.99, f"vectors \u00d7{mag:g}", transform=ax.transAxes, va="top", ha="left", fontsize=9,
-            color="black", bbox={"facecolor": "#ffd000", "alpha": 0.85, "pad": 2, "lw": 0})
-    return _png(fig), None
+    width = 5.2
+    height = width * ch / cw * 0.9 + 0.6
+    cv = Canvas(width, height)
+    # The picture keeps its aspect ratio inside the area under the title, centred.
+    ax0, ay0, aw, ah = 0.02 * width, 0.12 * height, 0.96 * width, 0.86 * height
+    k = min(aw / cw, ah / ch)                     # inches per image pixel
+    bx0, by0 = ax0 + (aw - cw * k) / 2, ay0 + (ah - ch * k) / 2
+    cv.image(crop, (bx0, by0, bx0 + cw * k, by0 + ch * k), smooth=True)
+
+    def to_in(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # image pixel centres -> inches
+        return bx0 + (p[:, 0] - x0 + 0.5) * k, by0 + (p[:, 1] - y0 + 0.5) * k
+
+    gx, gy = to_in(g)
+    cx, cy = to_in(c)
+    cv.markers(gx, gy, "o", 3.5, "#00e000", filled=False, width=1.0)
+    cv.markers(cx, cy, "x", 3.5, "#ff3030", width=1.0)
+    d = (c - g) * mag * k
+    cv.arrows(gx, gy, d[:, 0], d[:, 1], "#ffd000", width=1.0, head=4)
+    cv.frames([(bx0, by0, bx0 + cw * k, by0 + ch * k)])
+    _legend(cv, bx0 + cw * k - 1.05, by0 + ch * k - 0.45,
+            [("o", "#00e000", "golden", False), ("x", "#ff3030", "candidate", True)])
+    worst = int(np.nanargmax(err)) if err_max > 0 else None
+    cv.text(width / 2, 0.06, "final landmarks: golden (green o) vs candidate (red x)\n"
+            f"error vectors (yellow) magnified \u00d7{mag:g}; max error {fmt(err_max)} px"
+            + (f" at landmark {worst}" if worst is not None else ""), size=9, ha="center", va="top")
+    cv.text(bx0 + 0.08, by0 + 0.08, f"vectors \u00d7{mag:g}", size=9, va="top", background="#ffd000")
+    return cv.png(), None
 
 
 # --------------------------------------------------------------------------- (2) per-landmark errors
@@ -458,17 +445,6 @@ def _kind_errors(view: CaseView) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _log_ticks(ax) -> None:
-    """Few major ticks, no minor ones (tick labels dominate the drawing time)."""
-    ax.yaxis.set_major_locator(LogLocator(base=10, numticks=4))
-    ax.yaxis.set_minor_locator(NullLocator())
-    ax.yaxis.set_major_formatter(_PLAIN_LOG)
-
-
-# Plain "1e-06" labels: the default log labels go through mathtext, which is slow to lay out.
-_PLAIN_LOG = FuncFormatter(lambda v, _pos: f"{v:g}")
-
-
 def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
     """Per-landmark error bars for each stage kind, landmarks grouped by face region, tolerance drawn.
 
@@ -490,15 +466,15 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
         if exact else []
     header = 0.3 + 0.16 * len(exact_lines)
     if not shown_kinds:
-        fig, ax = _inch_canvas(8.0, header + 1.65)
+        cv = Canvas(8.0, header + 1.65)
         if exact_lines:
-            ax.text(0.08, 0.08, "\n".join(exact_lines), fontsize=8, va="top")
-        ax.text(4.0, header + 0.8, "no per-landmark error anywhere", ha="center", va="center", fontsize=10)
-        return _png(fig), None
+            cv.text(0.08, 0.08, "\n".join(exact_lines), size=8, va="top")
+        cv.text(4.0, header + 0.8, "no per-landmark error anywhere", ha="center", va="center", size=10)
+        return cv.png(), None
     st = _Strips(n, len(shown_kinds), header=header)
-    ax = st.ax
+    cv = st.canvas
     if exact_lines:
-        ax.text(0.08, 0.08, "\n".join(exact_lines), fontsize=8, va="top")
+        cv.text(0.08, 0.08, "\n".join(exact_lines), size=8, va="top")
     bars, bar_colours, flat, steps_x, steps_y = [], [], [], [], []
     scales, titles = [], []
     for j, kind in enumerate(shown_kinds):
@@ -508,8 +484,8 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
         pos = np.concatenate([err[np.isfinite(err) & (err > 0)], thr[np.isfinite(thr) & (thr > 0)]])
         lo, hi = (max(pos.min() / 3, LOG_FLOOR), pos.max() * 3) if pos.size else (LOG_FLOOR, 1.0)
         scale = _Scale(lo, hi, log=True)
-        # Exact zeros get no bar (log axis); the title counts them.
-        ok = np.isfinite(err) & (err > 0)
+        # Exact zeros get no bar (log axis); an infinite error (a NaN in the candidate) a full one.
+        ok = (np.isfinite(err) & (err > 0)) | np.isposinf(err)
         base = float(st.y(j, 0.0))
         tops = st.y(j, scale.frac(np.where(ok, err, lo)))
         xs = st.x(x)
@@ -534,13 +510,13 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
         scales.append(scale)
         titles.append(title)
     st.decorate(scales, titles)
-    lw = min(4.2, 0.56 * st._sx * 72)  # bar width in points, kept inside a landmark's slot
-    ax.add_collection(LineCollection(bars, colors=bar_colours, linewidths=lw), autolim=False)
+    bar_width = min(4.2, 0.56 * st.slot * 72)  # points, kept inside a landmark's slot
+    cv.lines(bars, width=bar_width, colours=bar_colours)
     if flat:
-        ax.add_collection(LineCollection(flat, colors="red", linewidths=1, linestyles="--"), autolim=False)
+        cv.lines(flat, "red", width=1, dash=DASHED)
     if steps_x:
-        ax.plot(steps_x, steps_y, color="red", lw=1, ls="--")
-    return _png(fig=st.fig), None
+        cv.polyline(steps_x, steps_y, "red", width=1, dash=DASHED)
+    return cv.png(), None
 
 
 # --------------------------------------------------------------------------- (3) peak ratios
@@ -560,7 +536,7 @@ def plot_peak_ratios(view: CaseView) -> tuple[bytes | None, str | None]:
     if not series:
         return None, "the JSON carries no peak ratios for this case"
     st = _Strips(n, len(series), header=0.42, strip=0.9, gap=0.4, left=0.72)
-    ax = st.ax
+    cv = st.canvas
     markers = ["o", "s", "^", "D", "v"]
     x = np.arange(n)
     points: dict[int, tuple[list, list]] = {}
@@ -577,36 +553,33 @@ def plot_peak_ratios(view: CaseView) -> tuple[bytes | None, str | None]:
         for k, r in per_pass:
             px, py = points.setdefault(k, ([], []))
             f = scale.frac(np.where(r > 0, r, np.nan) if scale.log else r)
-            px += list(st.x(x)) + [np.nan]
-            py += list(np.where(np.isfinite(f), st.y(j, f), np.nan)) + [np.nan]
+            px += list(st.x(x))
+            py += list(np.where(np.isfinite(f), st.y(j, f), np.nan))
         st.hline(ones, j, scale, 1.0)
         n_off = int(np.sum(np.abs(allr - 1) > 1e-3))
         scales.append(scale)
         titles.append(f"{MAP_TITLES[kind]} maps ({kind}): candidate peak / golden peak; "
                       f"max |ratio-1| {fmt(dev)}; {n_off} value(s) off by > 0.1%")
     st.decorate(scales, titles)
-    ax.add_collection(LineCollection(ones, colors="black", linewidths=0.8), autolim=False)
+    cv.lines(ones)
     # Legend: one marker and name per pass, top right.
     lx = st.x1 - 0.6 * len(points)
     for j, (k, (px, py)) in enumerate(sorted(points.items())):
-        colour = f"C{j}"
-        ax.plot(px, py, markers[j % len(markers)], ms=3, color=colour, alpha=0.8)
-        ax.plot([lx + 0.6 * j], [0.12], markers[j % len(markers)], ms=3, color=colour, alpha=0.8)
-        ax.text(lx + 0.6 * j + 0.07, 0.12, f"pass{k}", fontsize=7, va="center", ha="left")
-    return _png(st.fig), None
+        colour = CYCLE[j % len(CYCLE)]
+        cv.markers(px, py, markers[j % len(markers)], 3, colour, alpha=0.8)
+        cv.markers([lx + 0.6 * j], [0.12], markers[j % len(markers)], 3, colour, alpha=0.8)
+        cv.text(lx + 0.6 * j + 0.07, 0.12, f"pass{k}", size=7, va="center")
+    return cv.png(), None
 
 
 # --------------------------------------------------------------------------- (4) response maps
 
-def _colour_bar(ax, box: tuple[float, float, float, float], cmap: str, labels: list[str]) -> None:
-    """A cheap colour bar: a gradient image in ``box`` (x0, y0, x1, y1) and labels at its top,
-    (middle,) bottom."""
+def _colour_bar(cv: Canvas, box: tuple[float, float, float, float], cmap: str, labels: list[str]) -> None:
+    """A colour bar: the gradient in ``box`` (x0, y0, x1, y1), labels at its top, (middle,) bottom."""
     x0, y0, x1, y1 = box
-    ax.imshow(np.linspace(1, 0, 128)[:, None], cmap=cmap, vmin=0, vmax=1, extent=(x0, x1, y1, y0),
-              aspect="auto", interpolation="bilinear")
+    cv.image(colour_map(np.linspace(1, 0, 128)[:, None], 0.0, 1.0, cmap), box, smooth=True)
     for k, label in enumerate(labels):
-        yv = y0 + (y1 - y0) * k / (len(labels) - 1)
-        ax.text(x1 + 0.05, yv, label, fontsize=6, ha="left", va="center")
+        cv.text(x1 + 0.05, y0 + (y1 - y0) * k / (len(labels) - 1), label, size=6, va="center")
 
 
 def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | None]:
@@ -616,7 +589,7 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
     stage = arrays.map_stage
     lms = [int(i) for i in arrays.map_landmarks]
     rows = len(lms)
-    fig, ax = _inch_canvas(7.6, 0.45 + 2.2 * rows)
+    cv = Canvas(7.6, 0.45 + 2.2 * rows)
     s = 1.75                                      # side of a map panel (inches)
     xg, xc, xd = 0.15, 0.15 + s + 0.12, 4.85      # golden | candidate | difference
     cb_w = 0.11
@@ -626,19 +599,19 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
         g = arrays.golden_maps[r].astype(np.float64)
         c = arrays.candidate_maps[r].astype(np.float64)
         diff = c - g
-        vmin, vmax = float(min(g.min(), c.min())), float(max(g.max(), c.max()))
+        finite = np.concatenate([g[np.isfinite(g)], c[np.isfinite(c)]])
+        vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         if vmax <= vmin:
             vmax = vmin + 1e-12
-        dmax = float(np.abs(diff).max()) or 1e-12
-        for xp, img, kw in ((xg, g, {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}),
-                            (xc, c, {"vmin": vmin, "vmax": vmax, "cmap": "viridis"}),
-                            (xd, diff, {"vmin": -dmax, "vmax": dmax, "cmap": "RdBu_r"})):
-            ax.imshow(img, extent=(xp, xp + s, y0 + s, y0), aspect="auto", interpolation="nearest", **kw)
+        dmax = float(np.nan_to_num(np.abs(diff), nan=0.0, posinf=0.0).max()) or 1e-12
+        for xp, img in ((xg, colour_map(g, vmin, vmax, "viridis")), (xc, colour_map(c, vmin, vmax, "viridis")),
+                        (xd, colour_map(diff, -dmax, dmax, "RdBu_r"))):
+            cv.image(img, (xp, y0, xp + s, y0 + s))
             frames.append((xp, y0, xp + s, y0 + s))
         cb1 = (xc + s + 0.1, y0, xc + s + 0.1 + cb_w, y0 + s)
         cb2 = (xd + s + 0.1, y0, xd + s + 0.1 + cb_w, y0 + s)
-        _colour_bar(ax, cb1, "viridis", [f"{vmax:.3g}", f"{(vmin + vmax) / 2:.3g}", f"{vmin:.3g}"])
-        _colour_bar(ax, cb2, "RdBu_r", [f"{dmax:.3g}", "0", f"{-dmax:.3g}"])
+        _colour_bar(cv, cb1, "viridis", [f"{vmax:.3g}", f"{(vmin + vmax) / 2:.3g}", f"{vmin:.3g}"])
+        _colour_bar(cv, cb2, "RdBu_r", [f"{dmax:.3g}", "0", f"{-dmax:.3g}"])
         frames += [cb1, cb2]
         c_centre = arrays.candidate_centre if arrays.candidate_centre is not None else arrays.golden_centre
         h, w = g.shape
@@ -648,19 +621,19 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
                     and -0.5 <= centre[r][0] <= w - 0.5 and -0.5 <= centre[r][1] <= h - 0.5):
                 marks[key][0].append(xp + (centre[r][0] + 0.5) / w * s)
                 marks[key][1].append(y0 + (centre[r][1] + 0.5) / h * s)
-        gp, cp = float(np.abs(g).max()), float(np.abs(c).max())
+        gp, cp = float(np.abs(g).max()), float(np.nan_to_num(np.abs(c), nan=np.inf).max())
         for xp, text in ((xg, f"lm {lm} ({region_of(lm)}) golden\npeak {fmt(gp)}"),
                          (xc, f"candidate\npeak {fmt(cp)} (ratio {fmt(cp / gp if gp else math.nan)})"),
                          (xd, f"candidate \u2212 golden\nmax |diff| {fmt(dmax)}")):
-            ax.text(xp + s / 2, y0 - 0.04, text, fontsize=8, ha="center", va="bottom")
-    _frames(ax, frames)
+            cv.text(xp + s / 2, y0 - 0.04, text, size=8, ha="center", va="bottom")
+    cv.frames(frames)
     for (mk, colour), (mx, my) in marks.items():
         if mx:
-            ax.plot(mx, my, mk, color=colour, ms=9, mew=1.6, ls="none")
-    ax.text(3.8, 0.05, f"{stage}: worst landmarks. Golden and candidate share one colour scale; the difference "
+            cv.markers(mx, my, mk, 9, colour, width=1.6)
+    cv.text(3.8, 0.05, f"{stage}: worst landmarks. Golden and candidate share one colour scale; the difference "
             f"has its own.\n+ / x = KDE centre (dxs, dys) of the pass's first iteration, golden / candidate",
-            fontsize=8, ha="center", va="top")
-    return _png(fig), None
+            size=8, ha="center", va="top")
+    return cv.png(), None
 
 
 # --------------------------------------------------------------------------- (5) convergence
@@ -672,50 +645,67 @@ def plot_convergence(view: CaseView, rows: list[dict]) -> tuple[bytes | None, st
     if not have:
         return None, "no shape-change norms in the JSON for this case"
     ordered = sorted(rows, key=lambda r: (r["pass"], {"rigid": 0, "nonrigid": 1}.get(r["phase"], 2), r["iteration"]))
-    fig = Figure(figsize=(8.0, 2.9))
-    ax = fig.add_axes((0.08, 0.2, 0.9, 0.66))
-    xs, gs, cs, blocks = [], [], [], []
-    prev = None
+    width, height = 8.0, 2.9
+    cv = Canvas(width, height)
+    px0, px1 = 0.08 * width, 0.98 * width           # plot area, as the earlier figure's Axes
+    py0, py1 = 0.14 * height, 0.80 * height
+    gs = np.array([_num(r.get("shape_change_norm_golden")) for r in ordered])
+    cs = np.array([_num(r.get("shape_change_norm_candidate")) for r in ordered])
+    vals = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in (gs, cs)] + [[SHAPE_CHANGE_TOL]])
+    scale = _Scale(vals.min() / 3, vals.max() * 3, log=True)
+    m = len(ordered)
+
+    def xi(i: Any) -> Any:
+        return px0 + (np.asarray(i, np.float64) + 0.5) / m * (px1 - px0)
+
+    def yv(v: Any) -> Any:
+        f = scale.frac(np.where(np.asarray(v) > 0, v, np.nan))
+        return np.where(np.isfinite(f), py1 - np.clip(f, 0, 1) * (py1 - py0), np.nan)
+
+    # Lines broken between phases.
+    xs, gy, cy, blocks, prev = [], [], [], [], None
     for i, r in enumerate(ordered):
         block = (r["pass"], r["phase"])
         if block != prev:
-            if prev is not None:  # break the lines between phases
-                xs.append(i - 0.5)
-                gs.append(math.nan)
-                cs.append(math.nan)
+            if prev is not None:
+                xs.append(math.nan)
+                gy.append(math.nan)
+                cy.append(math.nan)
             blocks.append((i, f"p{r['pass']} {r['phase']}"))
             prev = block
-        xs.append(i)
-        gs.append(r.get("shape_change_norm_golden", math.nan))
-        cs.append(r.get("shape_change_norm_candidate", math.nan))
-    ax.plot(xs, gs, "o-", ms=3.5, lw=1.2, color="#2a7f2a", label="golden")
-    ax.plot(xs, cs, "s--", ms=3, lw=1.0, color="#d03030", label="candidate", mfc="none")
-    ax.axhline(SHAPE_CHANGE_TOL, color="black", lw=0.8, ls=":")
-    ax.text(len(ordered) - 0.6, SHAPE_CHANGE_TOL * 1.15, "OpenFace stop threshold 0.01", fontsize=7,
-            va="bottom", ha="right")
-    ax.set_yscale("log")
-    vals = np.array([v for v in gs + cs if v is not None and np.isfinite(v) and v > 0] + [SHAPE_CHANGE_TOL])
-    ax.set_ylim(vals.min() / 3, vals.max() * 3)
-    top = ax.get_ylim()[1]
+        xs.append(float(xi(i)))
+        gy.append(float(yv(gs[i])))
+        cy.append(float(yv(cs[i])))
+    cv.frames([(px0, py0, px1, py1)])
+    thr = float(yv(SHAPE_CHANGE_TOL))
+    cv.lines([[(px0, thr), (px1, thr)]], width=0.8, dash=DOTTED)
+    cv.text(px1 - 0.05, thr - 0.03, "OpenFace stop threshold 0.01", size=7, ha="right", va="bottom")
+    seps = [[(float(xi(start - 0.5)), py0), (float(xi(start - 0.5)), py1)] for start, _ in blocks if start]
+    cv.lines(seps, "grey", width=0.6, dash=DASHED)
     for start, label in blocks:
-        if start:
-            ax.axvline(start - 0.5, color="grey", lw=0.6, ls="--")
-        ax.text(start, top, label, fontsize=7, va="bottom", ha="left")
-    ax.set_xlim(-0.5, len(ordered) - 0.5)
-    # A tick at every iteration (one collection), a label at 0, 5, 10, ... and at the last of each
-    # pass / phase: Axis ticks cost a Tick object and a text layout each.
-    ax.set_xticks([])
-    trans = ax.get_xaxis_transform()
-    ax.add_collection(LineCollection([[(i, 0), (i, -0.025)] for i in range(len(ordered))], colors="black",
-                                     linewidths=0.6, transform=trans, clip_on=False), autolim=False)
+        cv.text(float(xi(start)) - 0.05, py0 - 0.03, label, size=7, va="bottom")
+    cv.polyline(xs, gy, "#2a7f2a", width=1.2)
+    cv.markers(xs, gy, "o", 3.5, "#2a7f2a")
+    cv.polyline(xs, cy, "#d03030", width=1.0, dash=DASHED)
+    cv.markers(xs, cy, "s", 3, "#d03030", filled=False)
+    # A tick at every iteration, a label at 0, 5, 10, ... and at the last of each pass / phase.
+    ticks = [[(float(xi(i)), py1), (float(xi(i)), py1 + 0.06)] for i in range(m)]
+    for v, label in scale.ticks():
+        y = float(yv(v))
+        ticks.append([(px0 - 0.05, y), (px0, y)])
+        cv.text(px0 - 0.08, y, label, size=7, ha="right", va="center")
+    cv.lines(ticks, width=0.6)
     for i, r in enumerate(ordered):
-        last = i + 1 == len(ordered) or (ordered[i + 1]["pass"], ordered[i + 1]["phase"]) != (r["pass"], r["phase"])
+        last = i + 1 == m or (ordered[i + 1]["pass"], ordered[i + 1]["phase"]) != (r["pass"], r["phase"])
         if r["iteration"] % 5 == 0 or last:
-            ax.text(i, -0.04, str(r["iteration"]), fontsize=6, ha="center", va="top", transform=trans)
-    ax.text(0.5, -0.13, "iteration within pass / phase (labels at 0, 5, 10, ... and the last)", fontsize=7,
-            ha="center", va="top", transform=ax.transAxes)
-    ax.set_ylabel("shape-change norm (px)", fontsize=7)
-    ax.tick_params(axis="y", labelsize=7)
-    ax.legend(fontsize=7, loc="lower left", framealpha=0.7)
-    _log_ticks(ax)
-    return _png(fig), None
+            cv.text(float(xi(i)), py1 + 0.08, str(r["iteration"]), size=6, ha="center", va="top")
+    cv.text((px0 + px1) / 2, py1 + 0.26, "iteration within pass / phase (labels at 0, 5, 10, ... and the last)",
+            size=7, ha="center", va="top")
+    cv.text(0.06, (py0 + py1) / 2, "shape-change norm (px)", size=7, ha="left", va="center", rotation=90)
+    _legend(cv, px0 + 0.08, py1 - 0.45, [("o", "#2a7f2a", "golden", True), ("s", "#d03030", "candidate", False)])
+    return cv.png(), None
+
+
+def _num(x: Any) -> float:
+    """A JSON number as float (None -> NaN)."""
+    return math.nan if x is None else float(x)

@@ -27,12 +27,14 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
+from ..clnf.loop import SHAPE_CHANGE_TOL  # OpenFace's stopping threshold, defined once
 from ..errors import InputError
 from ..golden import json_default, read_json
 
@@ -59,8 +61,6 @@ MAP_FIELDS = ("peak_golden", "peak_candidate", "peak_ratio", "peak_shift_px", "c
               "max_abs_per_landmark", "rel_per_landmark")
 #: Per-landmark list of point stages.
 POINT_FIELD = "error_px"
-#: OpenFace's stopping threshold on the shape-change norm.
-SHAPE_CHANGE_TOL = 0.01
 #: Final-landmark tolerance (px) when a case does not state its own.
 DEFAULT_LANDMARK_TOL = 0.01
 N_LANDMARKS = 68
@@ -97,7 +97,7 @@ def to_float_array(values: Any, n: int | None = None) -> np.ndarray | None:
     """A JSON list (``null`` = NaN) as a float array; None when absent or of the wrong length."""
     if values is None:
         return None
-    arr = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+    arr = np.array(values, dtype=np.float64)  # numpy reads None as NaN
     if n is not None and arr.shape != (n,):
         return None
     return arr
@@ -133,7 +133,10 @@ def _case_json(item: Any) -> dict:
         data = to_json(per_landmark="all")  # CaseComparison: the report wants every landmark
     except TypeError:
         data = to_json()  # CaseFailure and other results without per-landmark data
-    # Round-trip through JSON so that the report sees exactly what a saved summary.json holds.
+    from ..compare.struct import CaseComparison, CaseFailure
+    if isinstance(item, (CaseComparison, CaseFailure)):
+        return data  # their to_json gives plain JSON values already (ints, floats, None, lists, dicts)
+    # Anything else: round-trip through JSON so that the report sees what a saved summary.json holds.
     return json.loads(json.dumps(data, default=json_default))
 
 
@@ -229,15 +232,23 @@ def dump_json(data: dict, path: Path) -> None:
     Compact, one case per line: with ``indent`` json falls back to its pure-Python
     encoder, which took a second on a 12-comparison summary.
     """
-    body = _finite(data)
+    body = dict(data) if isinstance(data, dict) else data
     cases = body.pop("cases", None) if isinstance(body, dict) else None
     if cases is None:
-        text = json.dumps(body, default=json_default, allow_nan=False)
+        text = _strict_json(body)
     else:
-        head = json.dumps(body, default=json_default, allow_nan=False)
-        rows = ",\n".join(json.dumps(c, default=json_default, allow_nan=False) for c in cases)
+        head = _strict_json(body)
+        rows = ",\n".join(_strict_json(c) for c in cases)
         text = head[:-1] + (', ' if body else '') + '"cases": [\n' + rows + "\n]}"
     path.write_text(text + "\n", encoding="utf-8")
+
+
+def _strict_json(obj: Any) -> str:
+    """``obj`` as strict JSON; NaN/inf become null (walked in Python only when there are some)."""
+    try:
+        return json.dumps(obj, default=json_default, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(obj), default=json_default, allow_nan=False)
 
 
 def _finite(obj: Any) -> Any:
@@ -304,7 +315,7 @@ class CaseView:
         return self.data.get("first_divergent_stage")
 
     # ---- landmarks and impact
-    @property
+    @cached_property
     def n_landmarks(self) -> int:
         for s in self.stages.values():
             for name in MAP_FIELDS + (POINT_FIELD,):
@@ -468,7 +479,7 @@ def _and3(a: bool | None, b: bool | None) -> bool | None:
 def magnitude_table(views: Iterable[CaseView]) -> pd.DataFrame:
     """One row per (case, mode, pass, landmark): response-map magnitudes golden vs candidate."""
     cols = magnitude_columns()
-    frames = []
+    data: dict[str, list] = {c: [] for c in cols}  # one DataFrame at the end: one per block is slow
     for v in views:
         if v.is_failure:
             continue
@@ -496,10 +507,12 @@ def magnitude_table(views: Iterable[CaseView]) -> pd.DataFrame:
                 all_within = [_and3(a, None if within is None else within[i])
                               for i, a in enumerate(all_within)]
             block["within_tolerance"] = all_within
-            frames.append(pd.DataFrame(block, columns=cols))
-    if not frames:
-        return pd.DataFrame(columns=cols)
-    return pd.concat(frames, ignore_index=True)
+            for c in cols:
+                data[c].extend(block[c])
+    # A column holding None stays object (ints stay ints, bools bools), as concatenating per-block
+    # frames made it; the others get pandas' own dtype.
+    return pd.DataFrame({c: pd.Series(vals, dtype=object) if any(x is None for x in vals) else vals
+                         for c, vals in data.items()}, columns=cols)
 
 
 # --------------------------------------------------------------------------- convergence.csv
