@@ -40,7 +40,7 @@ def folder_size(root: Path) -> int:
 
 def compare_all(case_dir: Path, inject: list[str], workers: int) -> list:
     """Every comparison of the set, both modes, with the arrays the report keeps."""
-    from clnfdiag.compare.cli import keep_for_report
+    from clnfdiag.report import keep_for_report
     from clnfdiag.compare.comparator import run
     from clnfdiag.compare.producers import FitProducer
     from clnfdiag.golden import find_cases

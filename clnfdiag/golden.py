@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import ClnfdiagError, GoldenError, InputError, OutputError
 from .models.locate import sha256_file
+from .keys import PHASES, iteration_of, parse, split_part
 from .trace import Recorder
 from .outputs import staged_folder
 
@@ -41,12 +42,7 @@ STAGES = "stages.npz"
 #: the C++ dumps' ``layout``/``bbox_convention`` are descriptive only).
 REQUIRED_KEYS = ("format", "case", "image", "bbox", "preset", "parameters", "result", "stages")
 
-#: Phases in the order OpenFace runs them inside a pass.
-PHASE_ORDER = ("rigid", "nonrigid")
 
-_PASS_RE = re.compile(r"^pass(\d+)/")
-_ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/")
-_PHASE_RE = re.compile(r"^pass(\d+)/([^/]+)/(?:iter(\d+)/|n_updates$)")
 
 # Errors numpy / zipfile / zlib raise on a truncated or corrupted archive or member.
 _NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
@@ -147,9 +143,6 @@ STAGE_MEANINGS = StageMeanings((
 ))
 
 
-_PART_STAGE = re.compile(r"^hierarchical/([^/]+)/((?:pass\d+|init|final)/.+)$")
-
-
 def stage_meaning(key: str) -> str | None:
     """One-line meaning of a stage key from FORMAT.md, or None if the key is not documented.
 
@@ -159,9 +152,9 @@ def stage_meaning(key: str) -> str | None:
     """
     meaning = STAGE_MEANINGS.get(key)
     if meaning is None:
-        m = _PART_STAGE.match(key)
-        if m and STAGE_MEANINGS.get(m.group(2)):
-            meaning = f"{STAGE_MEANINGS.get(m.group(2))} (part model {m.group(1)})"
+        part, main_key = split_part(key)
+        if part is not None and STAGE_MEANINGS.get(main_key):
+            meaning = f"{STAGE_MEANINGS.get(main_key)} (part model {part})"
     return meaning
 
 
@@ -308,7 +301,7 @@ class GoldenCase:
     @property
     def n_passes(self) -> int:
         """Number of window-size passes run (``pass0`` .. ``pass{n-1}``)."""
-        found = {int(m.group(1)) for k in self.manifest["stages"] if (m := _PASS_RE.match(k))}
+        found = {p for k in self.manifest["stages"] if (p := _main_pass(k)) is not None}
         return max(found) + 1 if found else 0
 
     def phases(self, pass_index: int) -> list[tuple[str, int, int]]:
@@ -323,13 +316,14 @@ class GoldenCase:
         """
         entered: dict[str, set[int]] = {}
         for key in self.manifest["stages"]:
-            m = _PHASE_RE.match(key)
-            if m and int(m.group(1)) == pass_index:
+            sk = parse(key)
+            if sk.part is None and sk.pass_index == pass_index and sk.phase is not None and (
+                    sk.iteration is not None or sk.name == "n_updates"):
                 # n_updates alone still names the phase (one that entered no iteration).
-                iters = entered.setdefault(m.group(2), set())
-                if m.group(3) is not None:
-                    iters.add(int(m.group(3)))
-        order = sorted(entered, key=lambda p: (PHASE_ORDER.index(p) if p in PHASE_ORDER else len(PHASE_ORDER), p))
+                iters = entered.setdefault(sk.phase, set())
+                if sk.iteration is not None:
+                    iters.add(sk.iteration)
+        order = sorted(entered, key=lambda p: (PHASES.index(p) if p in PHASES else len(PHASES), p))
         out = []
         for phase in order:
             key = f"pass{pass_index}/{phase}/n_updates"
@@ -341,10 +335,15 @@ class GoldenCase:
         """Sorted iteration indices present for ``pass{pass_index}/{phase}``."""
         found = set()
         for key in self.manifest["stages"]:
-            m = _ITER_RE.match(key)
-            if m and int(m.group(1)) == pass_index and m.group(2) == phase:
-                found.add(int(m.group(3)))
+            it = iteration_of(key)
+            if it is not None and it[0] == pass_index and it[1] == phase:
+                found.add(it[2])
         return sorted(found)
+
+
+def _main_pass(key: str) -> int | None:
+    sk = parse(key)
+    return sk.pass_index if sk.part is None else None
 
 
 def read_json(path: Path, error: type[ClnfdiagError] = GoldenError, missing: str = "missing") -> Any:

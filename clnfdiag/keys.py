@@ -46,6 +46,11 @@ class StageKey(NamedTuple):
     def where(self) -> Where:
         return Where(self.name, self.pass_index, self.phase, self.iteration)
 
+    @property
+    def kind(self) -> str:
+        """The stage kind (``final/landmarks`` -> ``landmarks``)."""
+        return kind_of(self.name)
+
 
 def pass_key(pass_index: int, name: str) -> str:
     """Key of a per-pass stage: ``pass_key(0, "response")`` -> ``pass0/response``."""
@@ -94,14 +99,26 @@ def parse(key: str) -> StageKey:
                     None if it is None else int(it), m.group("part"))
 
 
+def split_part(key: str) -> tuple[str | None, str]:
+    """``("inner", "pass0/response")`` for a part model's own-fit key
+    ``hierarchical/inner/pass0/response`` (also ``init/...``, ``final/...``); ``(None, key)`` otherwise."""
+    if key.startswith(HIERARCHICAL):
+        part, sep, rest = key[len(HIERARCHICAL):].partition("/")
+        own_fit = rest.split("/", 1)[0] in ("init", "final") or _KEY.match(rest) is not None
+        if sep and own_fit:
+            return part, rest
+    return None, key
+
+
 def kind_of(key: str) -> str:
     """The stage kind: the last component (``pass0/rigid/iter03/mean_shifts`` -> ``mean_shifts``)."""
     return key.rsplit("/", 1)[-1]
 
 
 def pass_of(key: str) -> int | None:
-    """The pass a key belongs to (None outside the passes)."""
-    return parse(key).pass_index
+    """The main model's pass a key belongs to (None outside the passes and for part models)."""
+    sk = parse(key)
+    return sk.pass_index if sk.part is None else None
 
 
 def iteration_of(key: str) -> tuple[int, str, int] | None:
@@ -113,4 +130,4 @@ def iteration_of(key: str) -> tuple[int, str, int] | None:
 
 
 __all__ = ["StageKey", "PHASES", "HIERARCHICAL", "MAX_ITERATION", "pass_key", "phase_key",
-           "iter_key", "key_of", "parse", "kind_of", "pass_of", "iteration_of"]
+           "iter_key", "key_of", "parse", "split_part", "kind_of", "pass_of", "iteration_of"]

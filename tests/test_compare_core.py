@@ -22,8 +22,9 @@ from click.testing import CliRunner
 from clnfdiag.cli import main
 from clnfdiag.compare import metrics
 from clnfdiag.compare.producers import CandidateTraces
+from clnfdiag.keys import kind_of
 from clnfdiag.compare.comparator import (compare_stage, compare_traces, convergence_rows,
-                                         parse_key, run, stage_kind)
+                                         parse_key, run)
 from clnfdiag.compare.struct import CaseComparison, CaseFailure, Summary
 from clnfdiag.compare.tolerances import (Tol, default_tolerances, landmark_floor, load_tolerances)
 from clnfdiag.errors import InputError
@@ -204,7 +205,7 @@ def test_parse_key_and_kind():
     assert (k.pass_index, k.phase, k.iteration, k.kind) == (0, "rigid", None, "weights")
     k = parse_key("pass2/response_raw")
     assert (k.pass_index, k.phase, k.iteration, k.kind) == (2, None, None, "response_raw")
-    assert stage_kind("final/landmarks") == "landmarks"
+    assert kind_of("final/landmarks") == "landmarks"
     assert parse_key("hierarchical/inner/landmarks").kind == "landmarks"
 
 
@@ -593,8 +594,10 @@ def test_cli_report_gets_comparisons_goldens_and_kept_maps(tmp_path, golden, sta
                      candidate_maps=candidate_maps)
         return Path(out_dir)
 
+    from clnfdiag.report import keep_for_report
     fake = types.ModuleType("clnfdiag.report")
     fake.write_report = write_report
+    fake.keep_for_report = keep_for_report
     monkeypatch.setitem(sys.modules, "clnfdiag.report", fake)
     res = _invoke([CASE, "--candidate", cand, "--report", tmp_path / "rep"])
     assert res.exit_code == 1, res.output

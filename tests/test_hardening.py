@@ -442,8 +442,10 @@ def test_summary_time_includes_the_report(perfect, tmp_path, monkeypatch):
         time.sleep(1.5)
         return Path(out_dir)
 
+    from clnfdiag.report import keep_for_report
     fake = types.ModuleType("clnfdiag.report")
     fake.write_report = write_report
+    fake.keep_for_report = keep_for_report
     monkeypatch.setitem(sys.modules, "clnfdiag.report", fake)
     res = _invoke("compare", CASE, "--candidate", perfect, "--report", tmp_path / "rep")
     assert res.exit_code == 0, res.output

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..parameters import FitParameters
-from .protocol import NOT_PRODUCED, StageHook, StageOps, Where
+from .protocol import StageHook, StageOps, Where
 
 F32 = np.float32
 F64 = np.float64
@@ -303,4 +303,4 @@ def _run_phase(ops: StageOps, s: _PassSetup, g, loc, rigid: bool, hook: StageHoo
 
 
 __all__ = ["fit_passes", "pass_windows", "adapt_parameters", "LoopResult", "PhaseOutcome",
-           "SHAPE_CHANGE_TOL", "LIKELIHOOD_SCALE", "MIN_FACE_SCALE", "NO_HOOK", "NOT_PRODUCED"]
+           "SHAPE_CHANGE_TOL", "LIKELIHOOD_SCALE", "MIN_FACE_SCALE", "NO_HOOK"]

@@ -4,8 +4,9 @@
 CLNF implementation, one method per golden stage (or per step between two
 stages). clnfdiag's own CLNF implements all of them
 (:class:`clnfdiag.clnf.ops.OpenFaceOps`); a known fault is a wrapper that
-replaces one method (:mod:`clnfdiag.faults`); another port implements the
-ones it has and inherits the rest (see the README, "Write a port adapter").
+replaces one method (:mod:`clnfdiag.faults`); another port overrides the
+ones it computes and inherits clnfdiag's for the rest, which are then "not
+produced" by it (:mod:`clnfdiag.ports`; the README's "Write a port adapter").
 
 Arrays follow the golden format: landmark arrays ``(n, 2)`` float32 with
 columns ``(x, y)``; maps ``(n, w, w)`` float32 row-major, zeros for the
@@ -16,31 +17,6 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
-
-
-class _NotProduced:
-    """Marker value of a stage an implementation does not produce."""
-
-    _instance = None
-
-    def __new__(cls):
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "NOT_PRODUCED"
-
-    def __reduce__(self):
-        return (_NotProduced, ())
-
-
-#: Returned by a :class:`StageOps` method for a stage the implementation does not
-#: compute (a port without a separate post-Sigma map, say). The hook records it as
-#: not produced; the loop passes the stage's input on in its place where the next
-#: stage can take it (see each method), and a comparison names the stage
-#: "not produced" instead of judging it.
-NOT_PRODUCED: Any = _NotProduced()
 
 
 class Where(NamedTuple):
@@ -78,7 +54,7 @@ class StageHook:
         where : Where
             The stage; its golden key (``pass0/rigid/iter02/mean_shifts``) is
             ``clnfdiag.keys.key_of(where)``, relative to the hook's prefix.
-        value : array, scalar or NOT_PRODUCED
+        value : array or scalar
         dtype : numpy dtype, optional
             The golden's dtype for the key.
 
@@ -184,4 +160,4 @@ class StageOps(Protocol):
         """``likelihood``: the model log-likelihood."""
 
 
-__all__ = ["StageOps", "StageHook", "Where", "NOT_PRODUCED"]
+__all__ = ["StageOps", "StageHook", "Where"]

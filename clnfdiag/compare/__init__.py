@@ -9,13 +9,13 @@
 The trace producers (``isolated``, ``propagated``) and ``impact`` live in this
 package too and are imported on first use.
 """
-from .comparator import compare_stage, compare_traces, parse_key, run, stage_kind
+from .comparator import compare_stage, compare_traces, parse_key, run
 from .producers import CandidateTraces, FitProducer
 from .struct import CaseComparison, CaseFailure, ConvergenceRow, StageResult, Summary
 from .tolerances import Tol, Tolerances, default_tolerances, load_tolerances
 
 __all__ = [
-    "CandidateTraces", "FitProducer", "compare_stage", "compare_traces", "parse_key", "run", "stage_kind",
+    "CandidateTraces", "FitProducer", "compare_stage", "compare_traces", "parse_key", "run",
     "CaseComparison", "CaseFailure", "ConvergenceRow", "StageResult", "Summary",
     "Tol", "Tolerances", "default_tolerances", "load_tolerances",
 ]

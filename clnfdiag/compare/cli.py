@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -115,7 +114,7 @@ def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject
     progress = _progress_printer(len(case_dirs)) if not quiet and _is_tty(sys.stderr) else None
 
     results: list[CaseComparison | CaseFailure] = []
-    keep = keep_for_report if report_module is not None else None
+    keep = report_module.keep_for_report if report_module is not None else None
     for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress, impact=impact,
                    keep=keep):
         results.append(res)
@@ -200,18 +199,9 @@ def _report_module():
         if exc.name not in ("clnfdiag.report",):
             raise
         raise InputError("--report needs the clnfdiag.report module, which is not installed") from None
-    if not hasattr(module, "write_report"):
-        raise InputError("clnfdiag.report has no write_report(comparisons, out_dir)")
+    if not hasattr(module, "write_report") or not hasattr(module, "keep_for_report"):
+        raise InputError("clnfdiag.report has no write_report(comparisons, out_dir) and keep_for_report(key)")
     return module
-
-
-def keep_for_report(key: str) -> bool:
-    """Candidate arrays the report's plots use: maps, final landmarks, first KDE centres."""
-    return _REPORT_KEYS.match(key) is not None
-
-
-_REPORT_KEYS = re.compile(r"^(final/landmarks|pass\d+/(area_of_interest|response_raw|response_sigma|response)"
-                          r"|pass\d+/rigid/iter00/(dxs|dys))$")
 
 
 def _write_report(write_report, results: list, out_dir: Path, source: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import re
 import time
 import warnings
 from collections import deque
@@ -30,7 +29,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from ..errors import ClnfdiagError, ClnfdiagWarning, InputError
-from ..golden import MANIFEST, PHASE_ORDER, GoldenCase, find_cases, read_case
+from ..golden import MANIFEST, GoldenCase, find_cases, read_case
+from ..keys import PHASES, StageKey, iteration_of, parse
 from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers
 from . import metrics
 from .struct import DIVERGED, PASS, CaseComparison, CaseFailure, ConvergenceRow, StageResult
@@ -40,8 +40,6 @@ GATES = ("stages", "landmarks")
 #: Key of the final landmarks, the end-to-end result.
 FINAL_LANDMARKS = "final/landmarks"
 
-_KEY_RE = re.compile(r"^pass(\d+)/(?:([A-Za-z_]+)/)?(?:iter(\d+)/)?([^/]+)$")
-_ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/")
 
 #: ``impact(stage_key) -> {"mean_shifts_max_px", "landmarks_max_px"}`` bound to one case and candidate.
 StageImpact = Callable[[str], Mapping[str, float] | None]
@@ -53,27 +51,11 @@ Producer = Callable[[GoldenCase, str], Mapping[str, np.ndarray]]
 
 # --------------------------------------------------------------------------- keys
 
-@dataclass(frozen=True)
-class KeyInfo:
-    """Parts of a stage key: ``pass0/rigid/iter03/mean_shifts`` -> (0, "rigid", 3, "mean_shifts")."""
-
-    pass_index: int | None
-    phase: str | None
-    iteration: int | None
-    kind: str
-
-
-def parse_key(key: str) -> KeyInfo:
-    """Split a stage key; ``kind`` is its last component (``final/landmarks`` -> ``landmarks``)."""
-    m = _KEY_RE.match(key)
-    if m:
-        return KeyInfo(int(m.group(1)), m.group(2), None if m.group(3) is None else int(m.group(3)), m.group(4))
-    return KeyInfo(None, None, None, stage_kind(key))
-
-
-def stage_kind(key: str) -> str:
-    """Stage kind of a key: its last component."""
-    return key.rsplit("/", 1)[-1]
+def parse_key(key: str) -> StageKey:
+    """A stage key's parts (:func:`clnfdiag.keys.parse`); a part model's own-fit key keeps
+    only its kind (its pass is the part's, not the main model's)."""
+    sk = parse(key)
+    return sk if sk.part is None else StageKey(sk.name, part=sk.part)
 
 
 # --------------------------------------------------------------------------- one stage
@@ -298,12 +280,12 @@ def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray]) -> lis
     """One row per (pass, phase, iteration) present on either side, in run order."""
     seen: set[tuple[int, str, int]] = set()
     for key in chain(golden.keys(), trace):
-        m = _ITER_RE.match(key)
-        if m:
-            seen.add((int(m.group(1)), m.group(2), int(m.group(3))))
+        it = iteration_of(key)
+        if it is not None:
+            seen.add(it)
 
     def order(t: tuple[int, str, int]) -> tuple:
-        phase_rank = PHASE_ORDER.index(t[1]) if t[1] in PHASE_ORDER else len(PHASE_ORDER)
+        phase_rank = PHASES.index(t[1]) if t[1] in PHASES else len(PHASES)
         return (t[0], phase_rank, t[1], t[2])
 
     return [_convergence_row(golden, trace, *t) for t in sorted(seen, key=order)]

@@ -9,22 +9,25 @@ difference alone (clnfdiag's own float-level differences cancel out).
 """
 from __future__ import annotations
 
-import re
 import numpy as np
 
 from ..clnf.loop import fit_passes
 from ..fitter import Fitter
 from ..golden import GoldenCase
+from ..keys import kind_of, pass_of
 from ..trace import Feeding
 from .noise import envelope
 from .propagated import case_parameters
 
 F32 = np.float32
 
-#: Stages that are outputs only: nothing downstream reads them.
-_TERMINAL = re.compile(r"(^final/|/landmark_likelihoods$|/shape_change_norm$|/n_updates$"
-                       r"|^input/|/final_(global|local)$|/visibilities$|/window_size$"
-                       r"|/scale_index$)")
+#: Stage kinds that are outputs only: nothing downstream reads them.
+_TERMINAL_KINDS = frozenset({"landmark_likelihoods", "shape_change_norm", "n_updates", "final_global",
+                             "final_local", "visibilities", "window_size", "scale_index"})
+
+
+def _terminal(stage_key: str) -> bool:
+    return stage_key.startswith(("final/", "input/")) or kind_of(stage_key) in _TERMINAL_KINDS
 
 
 def replay(overrides: dict[str, np.ndarray]) -> Feeding:
@@ -83,10 +86,9 @@ def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
         return {"mean_shifts_max_px": 0.0, "landmarks_max_px": float(d)}
     if stage_key.startswith("hierarchical/"):
         return _hierarchical_impact(case, candidate, stage_key, fitter)
-    if _TERMINAL.search(stage_key) or stage_key not in candidate:
+    if _terminal(stage_key) or stage_key not in candidate:
         return {"mean_shifts_max_px": 0.0, "landmarks_max_px": 0.0}
-    m = re.match(r"pass(\d+)/", stage_key)
-    start = int(m.group(1)) if m else 0
+    start = pass_of(stage_key) or 0
     # Both replays carry the stage: the golden's value, then the candidate's, so the
     # only difference between them is that stage's difference.
     base_lm, base_tr = _replay(case, fitter, start, {stage_key: case.stage(stage_key)})

@@ -38,6 +38,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import InputError
+from ..keys import parse
 from ..outputs import staged_folder
 from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers, usable_cpus
 
@@ -54,6 +55,22 @@ INDEX_FILE = "index.html"
 REPORT_WHAT = "a clnfdiag report"
 #: Largest number of processes drawing plots.
 MAX_WORKERS = 4
+
+
+#: Map stages whose candidate arrays the report's plots draw.
+REPORT_MAP_KINDS = frozenset({"area_of_interest", "response_raw", "response_sigma", "response"})
+
+
+def keep_for_report(key: str) -> bool:
+    """Candidate arrays the report's plots use: maps, final landmarks, the first KDE centres."""
+    if key == "final/landmarks":
+        return True
+    sk = parse(key)
+    if sk.part is not None or sk.pass_index is None:
+        return False
+    if sk.phase is None:
+        return sk.name in REPORT_MAP_KINDS
+    return sk.phase == "rigid" and sk.iteration == 0 and sk.name in ("dxs", "dys")
 
 
 def is_report_folder(folder: str | Path) -> bool:
@@ -275,5 +292,5 @@ def rebuild_report(summary_json: str | Path, out_dir: str | Path | None = None, 
                         option=option)
 
 
-__all__ = ["write_report", "rebuild_report", "default_out_dir", "is_report_folder", "ARRAYS_FILE", "SUMMARY_FILE",
+__all__ = ["keep_for_report", "write_report", "rebuild_report", "default_out_dir", "is_report_folder", "ARRAYS_FILE", "SUMMARY_FILE",
            "INDEX_FILE", "REPORT_WHAT"]

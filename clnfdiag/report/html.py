@@ -19,7 +19,8 @@ import numpy as np
 import pandas as pd
 
 from . import INDEX_FILE
-from .tables import CaseView, fmt, kind_of
+from ..keys import kind_of
+from .tables import CaseView, fmt
 
 #: Columns of the per-landmark table on the page (all of them are in magnitude.csv).
 PAGE_COLUMNS: list[tuple[str, str, str]] = [

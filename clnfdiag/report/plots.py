@@ -25,7 +25,8 @@ import numpy as np
 
 from .raster import CYCLE, DASHED, DOTTED, Canvas, colour_map
 from .tables import (MAP_KINDS, MAP_STAGES, MAP_TITLES, POINT_FIELD, REGION_COLOURS, REGIONS,
-                     SHAPE_CHANGE_TOL, CaseView, fmt, kind_of, pass_of, region_of)
+                     SHAPE_CHANGE_TOL, CaseView, fmt, region_of)
+from ..keys import kind_of, pass_of
 
 #: Response-map landmarks shown per case.
 N_WORST_MAPS = 3

@@ -37,6 +37,7 @@ import pandas as pd
 from ..clnf.loop import SHAPE_CHANGE_TOL  # OpenFace's stopping threshold, defined once
 from ..errors import InputError
 from ..golden import json_default, read_json
+from ..keys import kind_of, parse, pass_of
 
 #: Face regions of the 68-point iBUG scheme: name -> landmark range (inclusive start, exclusive end).
 REGIONS: dict[str, tuple[int, int]] = {
@@ -70,8 +71,6 @@ CONVERGENCE_FIELDS = ("shape_change_norm_golden", "shape_change_norm_candidate",
                       "dp_norm_candidate", "mean_shift_rms_golden", "mean_shift_rms_candidate",
                       "mean_shift_rms_diff", "landmark_rms_diff")
 
-_PASS_RE = re.compile(r"^pass(\d+)/")
-_ITER_RE = re.compile(r"^pass(\d+)/([^/]+)/iter(\d+)/([^/]+)$")
 
 
 def region_of(landmark: int) -> str:
@@ -80,17 +79,6 @@ def region_of(landmark: int) -> str:
         if lo <= landmark < hi:
             return name
     return "other"
-
-
-def kind_of(stage: str) -> str:
-    """Stage kind: the key's last component."""
-    return stage.rsplit("/", 1)[-1]
-
-
-def pass_of(stage: str) -> int | None:
-    """Pass index of a ``passN/...`` key, else None."""
-    m = _PASS_RE.match(stage)
-    return int(m.group(1)) if m else None
 
 
 def to_float_array(values: Any, n: int | None = None) -> np.ndarray | None:
@@ -547,9 +535,9 @@ def convergence_rows(view: CaseView) -> list[dict]:
         return rows
     triples: dict[tuple[int, str, int], dict[str, str]] = {}
     for key in view.stages:
-        m = _ITER_RE.match(key)
-        if m:
-            triples.setdefault((int(m.group(1)), m.group(2), int(m.group(3))), {})[m.group(4)] = key
+        sk = parse(key)
+        if sk.iteration is not None and sk.part is None:
+            triples.setdefault((sk.pass_index, sk.phase, sk.iteration), {})[sk.name] = key
     for (k, phase, it), keys in sorted(triples.items(), key=lambda t: (t[0][0], _phase_rank(t[0][1]), t[0][2])):
         row = {"case": view.case, "mode": view.mode, "pass": k, "phase": phase, "iteration": it}
         for name in CONVERGENCE_FIELDS:
