@@ -3,7 +3,9 @@
 Only small arrays live here (per-landmark values, never whole maps), so a run
 over many cases can keep every :class:`CaseComparison` in memory.
 
-JSON contract of one case (:meth:`CaseComparison.to_json`; more fields may be added)::
+JSON contract of one case (:meth:`CaseComparison.to_json`; more fields may be added;
+every type here reads its JSON back with ``from_json``, and ``to_json`` of what it
+read writes the same JSON)::
 
     {"case": str, "mode": "isolated" | "propagated", "gate": "stages" | "landmarks",
      "verdict": "pass" | "diverged",
@@ -11,8 +13,8 @@ JSON contract of one case (:meth:`CaseComparison.to_json`; more fields may be ad
      "impact": {"mean_shifts_max_px": float, "landmarks_max_px": float} or null,
      "observed": {"mean_shifts_max_px": float or null, "landmarks_max_px": float or null},
      "landmark_tolerance_px": float, "noise_floor_px": float or null,
-     "missing_keys": [key, ...], "n_extra_keys": int, "wall_time_s": float,
-     "stages": [{"stage", "kind", "max_abs", "rms", "max_rel", "ratio", "atol", "rtol",
+     "missing_keys": [key, ...], "extra_keys": [key, ...], "n_extra_keys": int, "wall_time_s": float,
+     "stages": [{"stage", "kind", "family", "shape", "max_abs", "rms", "max_rel", "ratio", "atol", "rtol",
                  "within_tolerance", "reaches_landmarks", "worst_landmarks": [int, ...],
                  "n_beyond", "note", ... per-landmark lists for stages beyond tolerance}],
      "convergence": [{"pass", "phase", "iteration", "shape_change_norm_golden", ...}]}
@@ -72,6 +74,18 @@ def json_list(arr: np.ndarray | None) -> list | None:
         for i in np.flatnonzero(bad):
             out[i] = None
     return out
+
+
+def _from_number(x: Any, missing: float = math.inf) -> float:
+    """A JSON number back to a float: ``null`` (a non-finite value written out) as ``missing``."""
+    return missing if x is None else float(x)
+
+
+def _from_list(values: list | None) -> np.ndarray | None:
+    """A JSON list of :func:`json_list` back to a float64 array (``null`` -> NaN)."""
+    if values is None:
+        return None
+    return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
 @dataclass
@@ -161,6 +175,8 @@ class StageResult:
         out = {
             "stage": self.stage,
             "kind": self.kind,
+            "family": self.family,
+            "shape": [int(n) for n in self.shape],
             "max_abs": json_number(self.max_abs),
             "rms": json_number(self.rms),
             "max_rel": json_number(self.max_rel),
@@ -179,6 +195,29 @@ class StageResult:
         if per_landmark:
             out.update({name: json_list(arr) for name, arr in self.per_landmark().items()})
         return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "StageResult":
+        """The result :meth:`to_json` wrote (pass, phase and iteration re-parsed from the key;
+        a ``null`` error, written for a non-finite one, reads back as ``inf``)."""
+        from ..keys import parse
+        sk = parse(d["stage"])
+        main = sk.part is None
+        res = cls(stage=d["stage"], kind=d["kind"], family=d.get("family", ""),
+                  pass_index=sk.pass_index if main else None, phase=sk.phase if main else None,
+                  iteration=sk.iteration if main else None, shape=tuple(d.get("shape", ())),
+                  max_abs=_from_number(d["max_abs"]), rms=_from_number(d["rms"]),
+                  max_rel=_from_number(d["max_rel"]), ratio=_from_number(d["ratio"]),
+                  atol=float(d["atol"]), rtol=float(d["rtol"]),
+                  within_tolerance=bool(d["within_tolerance"]), n_beyond=int(d["n_beyond"]),
+                  worst_landmarks=[int(i) for i in d.get("worst_landmarks", [])],
+                  reaches_landmarks=d.get("reaches_landmarks"), note=d.get("note", ""),
+                  impact=None if d.get("impact") is None else
+                  {k: _from_number(v, math.nan) for k, v in d["impact"].items()})
+        for name in list(MAP_FIELDS) + list(POINT_FIELDS):
+            if name in d:
+                setattr(res, name, _from_list(d[name]))
+        return res
 
 
 @dataclass
@@ -221,6 +260,13 @@ class ConvergenceRow:
                      "mean_shift_rms_diff", "landmark_rms_diff"):
             out[name] = json_number(getattr(self, name))
         return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "ConvergenceRow":
+        """The row :meth:`to_json` wrote."""
+        fields = {k: (None if v is None else float(v)) for k, v in d.items()
+                  if k not in ("pass", "phase", "iteration")}
+        return cls(int(d["pass"]), d["phase"], int(d["iteration"]), **fields)
 
 
 @dataclass
@@ -333,11 +379,34 @@ class CaseComparison:
             "noise_floor_px": json_number(self.noise_floor_px),
             "golden_path": self.golden_path,
             "missing_keys": list(self.missing_keys),
+            "extra_keys": list(self.extra_keys),
             "n_extra_keys": len(self.extra_keys),
             "wall_time_s": round(self.wall_time_s, 4),
             "stages": [s.to_json(per_landmark=want(s)) for s in self.stages],
             "convergence": [r.to_json() for r in self.convergence],
         }
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CaseComparison":
+        """The comparison :meth:`to_json` wrote (``kept`` arrays are never in the JSON).
+
+        Raises
+        ------
+        KeyError, TypeError, ValueError
+            ``d`` is not a case of the comparator's JSON.
+        """
+        return cls(
+            case=d["case"], mode=d["mode"], gate=d["gate"], verdict=d["verdict"],
+            first_divergent_stage=d.get("first_divergent_stage"),
+            impact=None if d.get("impact") is None else
+            {k: _from_number(v, math.nan) for k, v in d["impact"].items()},
+            observed={k: (None if v is None else float(v)) for k, v in d.get("observed", {}).items()},
+            stages=[StageResult.from_json(s) for s in d.get("stages", [])],
+            missing_keys=list(d.get("missing_keys", [])), extra_keys=list(d.get("extra_keys", [])),
+            convergence=[ConvergenceRow.from_json(r) for r in d.get("convergence", [])],
+            landmark_tolerance_px=_from_number(d.get("landmark_tolerance_px")),
+            noise_floor_px=None if d.get("noise_floor_px") is None else float(d["noise_floor_px"]),
+            golden_path=d.get("golden_path", ""), wall_time_s=float(d.get("wall_time_s", 0.0)))
 
 
 @dataclass
@@ -374,7 +443,13 @@ class CaseFailure:
 
     def to_json(self) -> dict:
         """JSON-ready dict."""
-        return {"case": self.case, "mode": self.mode, "kind": self.kind, "error": self.error}
+        return {"case": self.case, "mode": self.mode, "kind": self.kind, "error": self.error,
+                "exit_code": self.exit_code}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CaseFailure":
+        """The failure :meth:`to_json` wrote."""
+        return cls(d["case"], d.get("mode"), d["kind"], d["error"], int(d.get("exit_code", EXIT_BAD_INPUT)))
 
 
 def _ratio_key(s: StageResult) -> tuple[float, float]:
@@ -463,6 +538,17 @@ class Summary:
         return {"total": self.total, "passed": self.passed, "diverged": self.diverged, "errors": self.errors,
                 "by_mode": self.by_mode, "first_divergent_kinds": self.first_divergent_kinds,
                 "worst": worst, "wall_time_s": round(self.wall_time_s, 3), "exit_code": self.exit_code}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Summary":
+        """The summary :meth:`to_json` wrote (``exit_code`` is derived, not stored)."""
+        worst = d.get("worst")
+        if worst is not None:
+            worst = {k: (_from_number(v) if k in ("max_abs", "max_rel", "ratio") else v)
+                     for k, v in worst.items()}
+        return cls(int(d["total"]), int(d["passed"]), int(d["diverged"]), int(d["errors"]),
+                   {m: dict(v) for m, v in d.get("by_mode", {}).items()},
+                   dict(d.get("first_divergent_kinds", {})), worst, float(d.get("wall_time_s", 0.0)))
 
 
 def fmt_number(x: float | None) -> str:
