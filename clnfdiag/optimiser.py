@@ -42,7 +42,6 @@ own code (:mod:`clnfdiag.faults`); the fit loop is :mod:`clnfdiag.clnf.loop`.
 from __future__ import annotations
 
 import functools
-import math
 
 import numba
 import numpy as np

@@ -11,13 +11,12 @@ False, so call sites that would have to build a value only for the trace
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .clnf.protocol import StageHook, Where
-from .keys import iter_key, key_of, pass_key, phase_key  # noqa: F401  (the key builders, re-exported)
+from .keys import key_of
 
 
 def trace_digest(stages: dict[str, Any]) -> str:

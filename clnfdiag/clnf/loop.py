@@ -21,8 +21,6 @@ into a golden key is the recorder's business (:mod:`clnfdiag.keys`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
-
 import numpy as np
 
 from ..parameters import FitParameters

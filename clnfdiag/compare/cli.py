@@ -27,13 +27,12 @@ from ..outputs import check_file_target, check_folder_target, is_empty_folder, w
 from ..processes import usable_cpus
 from .comparator import (FINAL_LANDMARKS, run)
 from .producers import CandidateTraces, FitProducer
-from .struct import CaseComparison, CaseFailure, Summary, fmt_number
-from .tolerances import Tolerances, exact_tolerances, load_tolerances
+from .struct import CaseComparison, CaseFailure, Summary, fmt_number, run_json
+from .tolerances import exact_tolerances, load_tolerances
 
 #: Carriage return + erase line: removes the progress counter before a result line.
 _CLEAR_LINE = "\r\033[K"
 #: Format tag of the JSON written by ``--json``.
-JSON_FORMAT = "clnfdiag-compare/1"
 
 
 @click.command("compare")
@@ -122,7 +121,7 @@ def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject
     if progress is not None:
         click.echo(_CLEAR_LINE, err=True, nl=False)
     summary = Summary.from_results(results, time.perf_counter() - t0)
-    payload = _json_payload(results, summary, modes, gate, tolerances) if json_out is not None else None
+    payload = run_json(results, summary, modes, gate, tolerances.to_json()) if json_out is not None else None
     if report_module is not None:
         _write_report(report_module.write_report, results, report_dir,
                       _source(golden_paths, candidate, inject, port))
@@ -272,19 +271,6 @@ def case_line(cmp: CaseComparison) -> str:
     if cmp.missing_keys:
         parts.append(f"{len(cmp.missing_keys)} golden stages not in candidate")
     return head + "  " + "; ".join(parts)
-
-
-def _json_payload(results: list, summary: Summary, modes: tuple[str, ...], gate: str,
-                  tolerances: Tolerances) -> dict[str, Any]:
-    return {
-        "format": JSON_FORMAT,
-        "modes": list(modes),
-        "gate": gate,
-        "tolerances": tolerances.to_json(),
-        "summary": summary.to_json(),
-        "cases": [r.to_json() for r in results if isinstance(r, CaseComparison)],
-        "errors": [r.to_json() for r in results if isinstance(r, CaseFailure)],
-    }
 
 
 def _write_json(target: str, payload: dict) -> None:

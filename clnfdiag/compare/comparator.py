@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 import numpy as np
 
 from ..errors import ClnfdiagError, ClnfdiagWarning, InputError
-from ..golden import MANIFEST, GoldenCase, find_cases, read_case
+from ..golden import GoldenCase, read_case
 from ..keys import PHASES, StageKey, iteration_of, parse
 from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers
 from . import metrics

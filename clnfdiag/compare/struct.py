@@ -551,6 +551,29 @@ class Summary:
                    dict(d.get("first_divergent_kinds", {})), worst, float(d.get("wall_time_s", 0.0)))
 
 
+#: Format tag of the JSON of a whole run (``compare --json``).
+JSON_FORMAT = "clnfdiag-compare/1"
+
+
+def run_json(results: Iterable[CaseComparison | CaseFailure], summary: Summary, modes: Iterable[str],
+             gate: str, tolerances: dict) -> dict[str, Any]:
+    """The JSON of a whole run (``compare --json``, the report's ``summary.json``).
+
+    ``{"format", "modes", "gate", "tolerances", "summary", "cases": [...], "errors": [...]}``;
+    ``tolerances`` is :meth:`~clnfdiag.compare.tolerances.Tolerances.to_json`.
+    """
+    results = list(results)
+    return {
+        "format": JSON_FORMAT,
+        "modes": list(modes),
+        "gate": gate,
+        "tolerances": tolerances,
+        "summary": summary.to_json(),
+        "cases": [r.to_json() for r in results if isinstance(r, CaseComparison)],
+        "errors": [r.to_json() for r in results if isinstance(r, CaseFailure)],
+    }
+
+
 def fmt_number(x: float | None) -> str:
     """Short human number (3 significant digits)."""
     if x is None:

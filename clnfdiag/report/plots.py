@@ -25,7 +25,8 @@ import numpy as np
 
 from .raster import CYCLE, DASHED, DOTTED, Canvas, colour_map
 from .tables import (MAP_KINDS, MAP_STAGES, MAP_TITLES, POINT_FIELD, REGION_COLOURS, REGIONS,
-                     SHAPE_CHANGE_TOL, CaseView, fmt, region_of)
+                     CaseView, fmt, region_of)
+from ..clnf.loop import SHAPE_CHANGE_TOL
 from ..keys import kind_of, pass_of
 
 #: Response-map landmarks shown per case.

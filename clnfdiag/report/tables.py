@@ -34,7 +34,6 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from ..clnf.loop import SHAPE_CHANGE_TOL  # OpenFace's stopping threshold, defined once
 from ..errors import InputError
 from ..golden import json_default, read_json
 from ..keys import kind_of, parse, pass_of
