@@ -29,7 +29,6 @@ PAGE_COLUMNS: list[tuple[str, str, str]] = [
     ("landmark", "lm", "landmark index (68-point iBUG)"),
     ("region", "region", "face region"),
     ("visible", "vis", "1 where a patch expert exists in this view"),
-    ("patch_confidence", "conf", "patch expert confidence (when the JSON has it)"),
     ("peak_golden_shift", "peak G", "golden peak of the post-shift map"),
     ("peak_candidate_shift", "peak C", "candidate peak of the post-shift map"),
     ("peak_ratio_raw", "ratio raw", "candidate/golden peak, raw map"),
@@ -284,8 +283,7 @@ def landmark_table(v: CaseView, mag: pd.DataFrame) -> str:
     sub = mag[(mag["case"] == v.case) & (mag["mode"] == v.mode)]
     if sub.empty:
         return '<p class="note">No per-landmark response-map data for this case.</p>'
-    cols = [c for c in PAGE_COLUMNS if c[0] in sub.columns and
-            (c[0] != "patch_confidence" or sub[c[0]].notna().any())]
+    cols = [c for c in PAGE_COLUMNS if c[0] in sub.columns]
     head = "".join(f'<th class="{"l" if c[0] == "region" else ""}" title="{esc(c[2])}">{esc(c[1])}</th>'
                    for c in cols)
     # Column by column from plain Python values (tolist): a report has hundreds of thousands of cells.

@@ -18,8 +18,7 @@ JSON read (per case)::
 Per-landmark lists hold ``null`` for invisible landmarks (map stages) and are
 present only for the stages the comparator wrote them for; what is missing
 stays empty in the tables. Visibility is read off the golden peaks (null =
-invisible) unless the case carries ``"visibilities": {"<pass>": [0/1, ...]}``;
-patch confidence is filled only from ``"patch_confidence": {"<pass>": [...]}``.
+invisible) unless the case carries ``"visibilities": {"<pass>": [0/1, ...]}``.
 """
 from __future__ import annotations
 
@@ -374,13 +373,6 @@ class CaseView:
                 return np.isfinite(peaks)
         return None
 
-    def patch_confidence(self, k: int) -> np.ndarray | None:
-        """Per-landmark patch confidence of pass ``k`` when the JSON carries it."""
-        conf = self.data.get("patch_confidence")
-        if isinstance(conf, dict) and str(k) in conf:
-            return to_float_array(conf[str(k)], self.n_landmarks)
-        return None
-
     def map_stage_for_plot(self) -> str | None:
         """The response-map stage whose worst landmarks are shown: the first divergent one
         if it is a map stage, else the map stage with the largest error/allowed ratio."""
@@ -426,7 +418,7 @@ def case_views(summary: dict) -> list[CaseView]:
 
 def magnitude_columns() -> list[str]:
     """Columns of magnitude.csv, in order."""
-    cols = ["case", "mode", "pass", "landmark", "region", "visible", "patch_confidence"]
+    cols = ["case", "mode", "pass", "landmark", "region", "visible"]
     for suffix in MAP_STAGES.values():
         cols += [f"peak_golden_{suffix}", f"peak_candidate_{suffix}", f"peak_ratio_{suffix}",
                  f"max_abs_{suffix}", f"rel_{suffix}", f"peak_shift_px_{suffix}",
@@ -478,8 +470,6 @@ def magnitude_table(views: Iterable[CaseView]) -> pd.DataFrame:
             }
             vis = v.visible(k)
             block["visible"] = list(vis.astype(int)) if vis is not None else [None] * n
-            conf = v.patch_confidence(k)
-            block["patch_confidence"] = list(conf) if conf is not None else [None] * n
             all_within: list = [True] * n
             for kind, suffix in MAP_STAGES.items():
                 stage = f"pass{k}/{kind}"
