@@ -287,3 +287,14 @@ def test_part_model_stages_take_the_main_meaning():
     m = stage_meaning("hierarchical/left_eye_28/pass1/rigid/iter02/mean_shifts")
     assert m is not None and "mean-shift" in m and "left_eye_28" in m
     assert stage_meaning("hierarchical/left_eye_28/pass1/nonsense") is None
+
+
+def test_project_copies_have_their_originals_noise_floor():
+    """golden/CPP_FLOOR.json: a copy in golden/ is judged with its shared original's C++ floor."""
+    from clnfdiag.compare.tolerances import landmark_floor
+    from conftest import SHARED_GOLDEN, SHARED_GOLDEN_H, project_cases
+    for d in project_cases():
+        assert landmark_floor(d, d.name) is not None, d.name
+        for shared in (SHARED_GOLDEN, SHARED_GOLDEN_H):
+            if (shared / d.name / "manifest.json").is_file():
+                assert landmark_floor(d, d.name) == landmark_floor(shared / d.name, d.name), d.name
