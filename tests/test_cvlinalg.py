@@ -23,6 +23,7 @@ from clnfdiag.numerics import libm
 from clnfdiag.numerics.cvlinalg import (det2, det3, gemm_f32, matx_mul, mean_col_f32, norm_l2_f32,
                                         sum_f32, svd_f32, svd_f64)
 from clnfdiag.similarity import similarity_transforms
+from conftest import shared_cases
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL_REL = Path("2.2.0/originals/lib/local/LandmarkDetector/model")
@@ -212,15 +213,7 @@ def test_rodrigues_matches_opencv():
 
 
 # ---------------------------------------------------------------- goldens
-def _cases() -> list[Path]:
-    out = []
-    for folder in (SHARED / "golden", SHARED / "golden-hierarchical"):
-        if folder.is_dir():
-            out += sorted(p for p in folder.iterdir() if (p / "stages.npz").is_file())
-    return out
-
-
-case_param = pytest.mark.parametrize("case_dir", _cases(), ids=lambda p: p.name)
+case_param = pytest.mark.parametrize("case_dir", shared_cases(), ids=lambda p: p.name)
 
 
 @case_param

@@ -11,20 +11,13 @@ import pytest
 
 from clnfdiag.pdm import PDM
 from clnfdiag.similarity import align_shapes_with_scale, invert_2x2, similarity_transforms
+from conftest import shared_cases
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 MODEL_REL = Path("2.2.0/originals/lib/local/LandmarkDetector/model")
 
 
-def _cases() -> list[Path]:
-    out = []
-    for folder in (SHARED / "golden", SHARED / "golden-hierarchical"):
-        if folder.is_dir():
-            out += sorted(p for p in folder.iterdir() if (p / "stages.npz").is_file())
-    return out
-
-
-CASES = _cases()
+CASES = shared_cases()
 case_param = pytest.mark.parametrize("case_dir", CASES, ids=lambda p: p.name)
 
 
