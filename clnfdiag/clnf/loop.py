@@ -20,7 +20,9 @@ into a golden key is the recorder's business (:mod:`clnfdiag.keys`).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+
 import numpy as np
 
 from ..parameters import FitParameters
@@ -92,7 +94,6 @@ def adapt_parameters(p: FitParameters, patch_scales: list[float], scale: int
     ``reg - 15k`` (floored at 0.001), ``sigma + 0.25k``, ``weight·(1 + 2k)``;
     evaluated in double and stored in float32, as OpenFace's float members.
     """
-    import math
     if not p.refine_parameters:
         return float(F32(p.reg_factor)), float(F32(p.sigma)), float(F32(p.weight_factor))
     k = math.log(patch_scales[min(scale, 2)] / 0.25) / math.log(2)
