@@ -75,10 +75,27 @@ class ResponseStages:
 
     def full(self, stage: str, n_points: int) -> np.ndarray:
         """One stage as ``(n_points, w, w)`` with zeros for invisible landmarks."""
-        maps = getattr(self, stage)
-        out = np.zeros((n_points,) + maps.shape[1:], dtype=maps.dtype)
-        out[self.landmarks] = maps
-        return out
+        return all_landmarks(getattr(self, stage), self.landmarks, n_points)
+
+
+def all_landmarks(maps: np.ndarray, landmarks: np.ndarray, n_points: int) -> np.ndarray:
+    """Per-landmark arrays of some landmarks spread over all of them.
+
+    Parameters
+    ----------
+    maps : (v, ...) array
+        Values of the landmarks ``landmarks`` (a bank's visible ones), in that order.
+    landmarks : (v,) int
+    n_points : int
+
+    Returns
+    -------
+    (n_points, ...) array of ``maps``' dtype
+        Zeros for the other landmarks (the golden layout of invisible ones).
+    """
+    out = np.zeros((n_points,) + maps.shape[1:], dtype=maps.dtype)
+    out[landmarks] = maps
+    return out
 
 
 class _RawScratch:

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import optimiser as opt
 from .errors import InputError
-from .experts import im2col_normalised
+from .experts import all_landmarks, im2col_normalised
 
 F32 = np.float32
 F64 = np.float64
@@ -33,12 +33,6 @@ class _Wrapper:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-def _full(maps: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
-    out = np.zeros((n,) + maps.shape[1:], maps.dtype)
-    out[idx] = maps
-    return out
 
 
 # --------------------------------------------------------------------------- the faults
@@ -77,7 +71,7 @@ class _Float64(_Wrapper):
     def response_raw(self, areas, scale, view):
         bank = self.inner.experts.bank(scale, view)
         raw = raw_response_float64(bank, np.asarray(areas)[bank.landmarks])
-        return _full(raw, bank.landmarks, self.inner.n_points)
+        return all_landmarks(raw, bank.landmarks, self.inner.n_points)
 
     def response_sigma(self, raw, scale, view):
         raw = np.asarray(raw)
@@ -87,7 +81,7 @@ class _Float64(_Wrapper):
         idx, w = bank.landmarks, raw.shape[1]
         sig = bank.sigma(w).astype(F64)
         vec = raw[idx].reshape(idx.shape[0], w * w)
-        return _full(np.einsum("vij,vj->vi", sig, vec).reshape(-1, w, w), idx, self.inner.n_points)
+        return all_landmarks(np.einsum("vij,vj->vi", sig, vec).reshape(-1, w, w), idx, self.inner.n_points)
 
     def mean_shifts_ref(self, responses, dxs, dys, visible, sigma):
         return mean_shift_float64(responses, dxs, dys, visible, sigma)

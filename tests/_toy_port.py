@@ -10,15 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from clnfdiag import optimiser as opt
-from clnfdiag.experts import raw_response, shift_response, sigma_response
+from clnfdiag.experts import all_landmarks, raw_response, shift_response, sigma_response
 from clnfdiag.faults import mean_shift_exact_kernel
 from clnfdiag.ports import PortOps
-
-
-def _visible(maps, bank, n):
-    out = np.zeros((n,) + maps.shape[1:], maps.dtype)
-    out[bank.landmarks] = maps
-    return out
 
 
 class ToyPort(PortOps):
@@ -26,15 +20,15 @@ class ToyPort(PortOps):
 
     def response_raw(self, areas, scale, view):
         bank = self.experts.bank(scale, view)
-        return _visible(raw_response(bank, np.asarray(areas)[bank.landmarks]), bank, self.n_points)
+        return all_landmarks(raw_response(bank, np.asarray(areas)[bank.landmarks]), bank, self.n_points)
 
     def response_sigma(self, raw, scale, view):
         bank = self.experts.bank(scale, view)
-        return _visible(sigma_response(bank, np.asarray(raw)[bank.landmarks]), bank, self.n_points)
+        return all_landmarks(sigma_response(bank, np.asarray(raw)[bank.landmarks]), bank, self.n_points)
 
     def response(self, sigma_maps, scale, view):
         bank = self.experts.bank(scale, view)
-        return _visible(shift_response(np.asarray(sigma_maps)[bank.landmarks]), bank, self.n_points)
+        return all_landmarks(shift_response(np.asarray(sigma_maps)[bank.landmarks]), bank, self.n_points)
 
     def mean_shifts_ref(self, responses, dxs, dys, visible, sigma):
         return mean_shift_exact_kernel(responses, dxs, dys, visible, sigma)   # the deviation

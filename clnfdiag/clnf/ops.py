@@ -14,19 +14,13 @@ from typing import Callable
 import numpy as np
 
 from .. import optimiser as opt
-from ..experts import PatchExperts, extract_areas, raw_response, shift_response, sigma_response
+from ..experts import (PatchExperts, all_landmarks, extract_areas, raw_response, shift_response,
+                       sigma_response)
 from ..models import CLNFModel
 from ..pdm import PDM
 from ..similarity import similarity_transforms
 
 F32 = np.float32
-
-
-def _full(maps: np.ndarray, idx: np.ndarray, n: int) -> np.ndarray:
-    """``(v, ...)`` maps of the landmarks ``idx`` as ``(n, ...)`` with zeros elsewhere."""
-    out = np.zeros((n,) + maps.shape[1:], maps.dtype)
-    out[idx] = maps
-    return out
 
 
 class OpenFaceOps:
@@ -79,22 +73,22 @@ class OpenFaceOps:
         side = window + bank.height - 1
         areas = extract_areas(gray_f32, landmarks, sim_ref_to_img, bank.landmarks, side,
                               nearest=interpolation == "nearest")
-        return _full(areas, bank.landmarks, self.n_points)
+        return all_landmarks(areas, bank.landmarks, self.n_points)
 
     def response_raw(self, areas, scale: int, view: int) -> np.ndarray:
         bank = self.experts.bank(scale, view)
         raw = raw_response(bank, np.asarray(areas)[bank.landmarks])
-        return _full(raw, bank.landmarks, self.n_points)
+        return all_landmarks(raw, bank.landmarks, self.n_points)
 
     def response_sigma(self, raw, scale: int, view: int) -> np.ndarray:
         bank = self.experts.bank(scale, view)
         sig = sigma_response(bank, np.asarray(raw)[bank.landmarks])
-        return _full(sig, bank.landmarks, self.n_points)
+        return all_landmarks(sig, bank.landmarks, self.n_points)
 
     def response(self, sigma_maps, scale: int, view: int) -> np.ndarray:
         bank = self.experts.bank(scale, view)
         resp = shift_response(np.asarray(sigma_maps)[bank.landmarks])
-        return _full(resp, bank.landmarks, self.n_points)
+        return all_landmarks(resp, bank.landmarks, self.n_points)
 
     # -- NU-RLMS ------------------------------------------------------------------------
     def weights(self, scale: int, view: int, weight_factor: float) -> np.ndarray:
