@@ -24,10 +24,6 @@ from .clnf.protocol import Where
 PHASES = ("rigid", "nonrigid")
 #: Key prefix of a hierarchical part model's values.
 HIERARCHICAL = "hierarchical/"
-#: Iteration numbers are written with this many digits (``iter03``).
-ITER_DIGITS = 2
-#: The largest iteration number a key can carry.
-MAX_ITERATION = 10 ** ITER_DIGITS - 1
 
 _KEY = re.compile(r"^(?:hierarchical/(?P<part>[^/]+)/)?pass(?P<pass>\d+)/"
                   r"(?:(?P<phase>rigid|nonrigid)/)?(?:iter(?P<iter>\d{2})/)?(?P<name>[^/]+)$")
@@ -41,10 +37,6 @@ class StageKey(NamedTuple):
     phase: str | None = None
     iteration: int | None = None
     part: str | None = None
-
-    @property
-    def where(self) -> Where:
-        return Where(self.name, self.pass_index, self.phase, self.iteration)
 
     @property
     def kind(self) -> str:
@@ -129,5 +121,5 @@ def iteration_of(key: str) -> tuple[int, str, int] | None:
     return sk.pass_index, sk.phase, sk.iteration
 
 
-__all__ = ["StageKey", "PHASES", "HIERARCHICAL", "MAX_ITERATION", "pass_key", "phase_key",
+__all__ = ["StageKey", "PHASES", "HIERARCHICAL", "pass_key", "phase_key",
            "iter_key", "key_of", "parse", "split_part", "kind_of", "pass_of", "iteration_of"]

@@ -11,6 +11,7 @@ False, so call sites that would have to build a value only for the trace
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,6 @@ def trace_digest(stages: dict[str, Any]) -> str:
     determinism checks compare digests of fits made under other CPUs,
     BLAS kernels and compilers.
     """
-    import hashlib
     h = hashlib.sha256()
     for key in sorted(stages):
         a = np.ascontiguousarray(stages[key])

@@ -34,11 +34,10 @@ from typing import Any
 
 import numpy as np
 
-from ..clnf.loop import fit_passes
-from ..clnf.protocol import Where
+from ..clnf.loop import NO_HOOK, fit_passes
+from ..clnf.protocol import StageHook, Where
 from ..fitter import Fitter
 from ..golden import GoldenCase
-from ..trace import Recorder
 from .propagated import case_parameters
 
 F32 = np.float32
@@ -66,30 +65,23 @@ class Envelope:
         Largest final-landmark distance from the unperturbed replay over the runs (px).
     runs : int
     per_run_px : tuple[float, ...]
-    source : str
-        ``envelope(K=...)``.
     """
 
     band_px: float
     runs: int
     per_run_px: tuple[float, ...]
 
-    @property
-    def source(self) -> str:
-        return f"envelope(K={self.runs})"
-
     def to_json(self) -> dict[str, Any]:
         return {"band_px": self.band_px, "runs": self.runs, "per_run_px": list(self.per_run_px),
                 "version": MODEL_VERSION}
 
 
-class _Perturb(Recorder):
+class _Perturb(StageHook):
     """Hook moving every nonzero value of the perturbed stages by one ulp, up or down at random."""
 
     enabled = True
 
     def __init__(self, rng: np.random.Generator):
-        super().__init__()
         self.rng = rng
 
     def stage(self, where: Where, value: Any, dtype: Any = None) -> Any:
@@ -99,9 +91,6 @@ class _Perturb(Recorder):
         up = self.rng.random(v.shape) < 0.5
         moved = np.where(up, np.nextafter(v, F32(np.inf)), np.nextafter(v, F32(-np.inf)))
         return np.where(v != 0, moved, v).astype(F32)
-
-    def discard(self, where: Where) -> None:
-        return None
 
 
 def _replay_landmarks(case: GoldenCase, fitter: Fitter, hook) -> np.ndarray:
@@ -113,7 +102,6 @@ def _replay_landmarks(case: GoldenCase, fitter: Fitter, hook) -> np.ndarray:
 
 def measure(case: GoldenCase, fitter: Fitter, runs: int = DEFAULT_RUNS) -> Envelope:
     """The case's envelope from ``runs`` perturbed replays (no cache)."""
-    from ..clnf.loop import NO_HOOK
     base = _replay_landmarks(case, fitter, NO_HOOK)
     per_run = []
     for i in range(runs):
