@@ -293,22 +293,15 @@ def gemm_f32(a, b, alpha, c, beta, flags):
     d = np.empty((drows, dcols), dtype=np.float32)
     zc = np.float64(np.float32(0)) * be           # zerof[k] * beta when there is no C
     if flags == 0 and 2 <= ln <= 4 and (ln == dcols or ln == drows):
-        if ln == dcols:
-            for i in range(drows):
-                for j in range(dcols):
-                    t = a[i, 0] * b[0, j]
-                    for k in range(1, ln):
-                        t = t + a[i, k] * b[k, j]
-                    cc = np.float64(c[i, j]) * be if has_c else zc
-                    d[i, j] = np.float64(t) * al + cc
-        else:
+        # OpenCV walks rows or columns first depending on the shape; every element is
+        # computed on its own, so the walking order does not change a bit.
+        for i in range(drows):
             for j in range(dcols):
-                for i in range(drows):
-                    t = a[i, 0] * b[0, j]
-                    for k in range(1, ln):
-                        t = t + a[i, k] * b[k, j]
-                    cc = np.float64(c[i, j]) * be if has_c else zc
-                    d[i, j] = np.float64(t) * al + cc
+                t = a[i, 0] * b[0, j]
+                for k in range(1, ln):
+                    t = t + a[i, k] * b[k, j]
+                cc = np.float64(c[i, j]) * be if has_c else zc
+                d[i, j] = np.float64(t) * al + cc
         return d
     if not (((drows <= 64 or dcols <= 64) and ln <= 10000) or ln <= 10
             or (dcols <= 128 and drows <= 128 and ln <= 128)):
