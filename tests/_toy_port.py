@@ -20,15 +20,18 @@ class ToyPort(PortOps):
 
     def response_raw(self, areas, scale, view):
         bank = self.experts.bank(scale, view)
-        return all_landmarks(raw_response(bank, np.asarray(areas)[bank.landmarks]), bank, self.n_points)
+        maps = raw_response(bank, np.asarray(areas)[bank.landmarks])
+        return all_landmarks(maps, bank.landmarks, self.n_points)
 
     def response_sigma(self, raw, scale, view):
         bank = self.experts.bank(scale, view)
-        return all_landmarks(sigma_response(bank, np.asarray(raw)[bank.landmarks]), bank, self.n_points)
+        maps = sigma_response(bank, np.asarray(raw)[bank.landmarks])
+        return all_landmarks(maps, bank.landmarks, self.n_points)
 
     def response(self, sigma_maps, scale, view):
         bank = self.experts.bank(scale, view)
-        return all_landmarks(shift_response(np.asarray(sigma_maps)[bank.landmarks]), bank, self.n_points)
+        maps = shift_response(np.asarray(sigma_maps)[bank.landmarks])
+        return all_landmarks(maps, bank.landmarks, self.n_points)
 
     def mean_shifts_ref(self, responses, dxs, dys, visible, sigma):
         return mean_shift_exact_kernel(responses, dxs, dys, visible, sigma)   # the deviation

@@ -1,4 +1,4 @@
-"""A port plugged into the fit loop through the stage protocol: tests/_toy_port.py (42 lines).
+"""A port plugged into the fit loop through the stage protocol: tests/_toy_port.py (45 lines).
 
 The toy port computes responses, mean-shifts and updates itself with one
 deviation (the exact-kernel KDE). Through ``--port`` and through the Python API
