@@ -49,7 +49,7 @@ def compare_all(case_dir: Path, inject: list[str], workers: int) -> list:
     load_model()  # a model problem is reported here, once
     producer = FitProducer(None, inject)
     return list(run(find_cases([case_dir]), producer, ("isolated", "propagated"), workers=workers,
-                    impact=producer.impact, keep=keep_for_report))
+                    impact=producer.replays.impact, keep=keep_for_report))
 
 
 def _cpu() -> float:

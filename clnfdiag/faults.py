@@ -101,6 +101,12 @@ class _NoRegularisation(_Wrapper):
         return self.inner.update_solver(weights, visible, 0.0, rigid)
 
 
+class _UniformWeights(_Wrapper):
+    # OpenFace's own unweighted branch (taken only when weight_factor <= 0): W = I.
+    def weights(self, scale, view, weight_factor):
+        return self.inner.weights(scale, view, 0.0)
+
+
 class _SigmoidNoDoubleAlpha(_Wrapper):
     # alpha·sigmoid instead of 2·alpha·sigmoid: every term, hence (binary scaling is
     # exact) every raw value, is halved.
@@ -183,6 +189,10 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "solve the non-rigid update without the PDM eigenvalue prior: moves the landmarks by "
           "0.02-0.9 px, less than the rounding noise of the poorly constrained multi4_wild",
           _NoRegularisation),
+    Fault("uniform-weights", "weights", None,
+          "NU-RLMS with every landmark weighted 1 (OpenFace's unweighted branch, which it takes only "
+          "when the weight factor is 0) instead of weight factor x each patch expert's confidence: "
+          "pyclnf 0.4.1 does this", _UniformWeights),
     Fault("sigmoid-no-double-alpha", "response_raw", False,
           "neuron output alpha·sigmoid instead of 2·alpha·sigmoid: every map is halved, which "
           "the weighted-centroid mean-shift cannot see", _SigmoidNoDoubleAlpha,

@@ -12,6 +12,7 @@ whose one-line message names the file and, where it applies, the key.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,7 +23,7 @@ import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -784,14 +785,239 @@ def _write_case_files(case_dir: Path, case_id: str, image_bgr_or_path, bbox_list
 
 # --------------------------------------------------------------------------- recording for ports
 
+class StageLayout(NamedTuple):
+    """Shape and dtype of one stage kind of a golden (an entry of :data:`STAGE_LAYOUTS`).
+
+    ``shape`` holds ints and dimension names: ``n`` the model's points,
+    ``2n`` twice that, ``m`` its non-rigid modes, ``6+m`` all its parameters,
+    ``w`` the pass's response window, ``A`` the side of its areas of interest,
+    ``H`` and ``W`` the image's height and width.
+    """
+
+    shape: tuple[int | str, ...]
+    dtype: str
+
+
+_F32, _F64, _I32, _U8 = "float32", "float64", "int32", "uint8"
+
+#: Shape and dtype of every stage key, by the same glob patterns as
+#: :data:`STAGE_MEANINGS`: shapes from FORMAT.md's stages table, dtypes as the
+#: C++ goldens store them. A part model's own-fit keys
+#: (``hierarchical/<part>/pass0/response``) take the main key's row with the
+#: part's ``n`` and ``m``. The one shape/dtype table of the format: the reader
+#: checks a case against its own manifest, :class:`TraceWriter` against this.
+STAGE_LAYOUTS = StageMeanings((
+    ("input/gray", StageLayout(("H", "W"), _U8)),
+    ("init/params_global", StageLayout((6,), _F32)),
+    ("init/params_local", StageLayout(("m",), _F32)),
+    ("init/shape", StageLayout(("n", 2), _F32)),
+    ("pass*/window_size", StageLayout((), _I32)),
+    ("pass*/scale_index", StageLayout((), _I32)),
+    ("pass*/view_id", StageLayout((), _I32)),
+    ("pass*/visibilities", StageLayout(("n",), _I32)),
+    ("pass*/params_global_in", StageLayout((6,), _F32)),
+    ("pass*/params_local_in", StageLayout(("m",), _F32)),
+    ("pass*/landmarks_at_response", StageLayout(("n", 2), _F32)),
+    ("pass*/reference_shape", StageLayout(("n", 2), _F32)),
+    ("pass*/sim_img_to_ref", StageLayout((2, 2), _F32)),
+    ("pass*/sim_ref_to_img", StageLayout((2, 2), _F32)),
+    ("pass*/reg_factor", StageLayout((), _F32)),
+    ("pass*/sigma", StageLayout((), _F32)),
+    ("pass*/weight_factor", StageLayout((), _F32)),
+    ("pass*/area_of_interest", StageLayout(("n", "A", "A"), _F32)),
+    ("pass*/response_raw", StageLayout(("n", "w", "w"), _F32)),
+    ("pass*/response_sigma", StageLayout(("n", "w", "w"), _F32)),
+    ("pass*/response", StageLayout(("n", "w", "w"), _F32)),
+    ("pass*/*/weights", StageLayout(("2n",), _F32)),
+    ("pass*/*/n_updates", StageLayout((), _I32)),
+    ("pass*/*/iter*/shape", StageLayout(("n", 2), _F32)),
+    ("pass*/*/iter*/shape_change_norm", StageLayout((), _F64)),
+    ("pass*/*/iter*/dxs", StageLayout(("n",), _F32)),
+    ("pass*/*/iter*/dys", StageLayout(("n",), _F32)),
+    ("pass*/*/iter*/mean_shifts_ref", StageLayout(("n", 2), _F32)),
+    ("pass*/*/iter*/mean_shifts", StageLayout(("n", 2), _F32)),
+    ("pass*/rigid/iter*/jacobian", StageLayout(("2n", 6), _F32)),
+    ("pass*/nonrigid/iter*/jacobian", StageLayout(("2n", "6+m"), _F32)),
+    ("pass*/rigid/iter*/param_update", StageLayout((6,), _F32)),
+    ("pass*/nonrigid/iter*/param_update", StageLayout(("6+m",), _F32)),
+    ("pass*/*/iter*/params_global", StageLayout((6,), _F32)),
+    ("pass*/*/iter*/params_local", StageLayout(("m",), _F32)),
+    ("pass*/*/final_global", StageLayout((6,), _F32)),
+    ("pass*/*/final_local", StageLayout(("m",), _F32)),
+    ("pass*/landmark_likelihoods", StageLayout(("n",), _F32)),
+    ("final/landmarks", StageLayout(("n", 2), _F32)),
+    ("final/params_global", StageLayout((6,), _F32)),
+    ("final/params_local", StageLayout(("m",), _F32)),
+    ("final/likelihood", StageLayout((), _F32)),
+    ("final/landmark_likelihoods", StageLayout(("n",), _F32)),
+    ("final/success", StageLayout((), _I32)),
+    ("hierarchical/landmarks_before", StageLayout(("n", 2), _F32)),
+    ("hierarchical/parts_used", StageLayout((), _I32)),
+    ("hierarchical/*/landmarks", StageLayout(("n", 2), _F32)),
+    ("hierarchical/*/params_global", StageLayout((6,), _F32)),
+    ("hierarchical/*/params_local", StageLayout(("m",), _F32)),
+))
+
+#: Points and non-rigid modes of the main model (FORMAT.md: landmarks (68, 2), params_local (34,)).
+MAIN_POINTS, MAIN_MODES = 68, 34
+#: The part models of the hierarchical cases and their points (FORMAT.md: inner face 51, eyes 28).
+PART_POINTS = {"inner": 51, "left_eye_28": 28, "right_eye_28": 28}
+#: ``pass0`` .. ``pass2``: one pass per patch scale 0.25, 0.35, 0.5 (FORMAT.md).
+N_PASSES = 3
+#: Stages of a part model itself (``hierarchical/<part>/landmarks``), not of its own fit.
+_PART_RESULTS = ("landmarks", "params_global", "params_local")
+#: Dimension name -> (dimension, factor, offset): the size is ``factor * dimension + offset``.
+_DIMS = {"n": ("n", 1, 0), "2n": ("n", 2, 0), "m": ("m", 1, 0), "6+m": ("m", 1, 6),
+         "w": ("w", 1, 0), "A": ("A", 1, 0), "H": ("H", 1, 0), "W": ("W", 1, 0)}
+_PASS_FIELD = re.compile(r"pass(0|[1-9][0-9]*)")
+_ITER_FIELD = re.compile(r"iter([0-9]{2})")
+
+#: The manifest's ``layout`` block of a trace written by :class:`TraceWriter`;
+#: ``iterations`` word for word as in the C++ goldens' manifests (FORMAT.md: the last
+#: iteration of a phase that stopped early has only ``shape_change_norm``).
+TRACE_LAYOUT = {
+    "points": "arrays of landmarks are (68, 2) with columns (x, y) (a part model's: (n, 2), n its points)",
+    "passes": "passN is the N-th window-size pass actually run (scales with window size 0 are skipped)",
+    "iterations": "passN/{rigid|nonrigid}/iterKK: every loop iteration entered; an iteration that stops "
+                  "on shape_change_norm < 0.01 has only shape_change_norm (no update)",
+}
+
+
+def stage_layout(key: str) -> StageLayout | None:
+    """Shape and dtype of stage ``key`` (:data:`STAGE_LAYOUTS`), or None if FORMAT.md has no such key.
+
+    Only the kind is looked up here (``pass7/...`` finds the per-pass row):
+    :meth:`TraceWriter.record` also checks the pass and iteration fields.
+    """
+    layout = STAGE_LAYOUTS.get(key)
+    if layout is None:
+        part, main_key = split_part(key)
+        if part is not None:
+            layout = STAGE_LAYOUTS.get(main_key)
+    return layout
+
+
+def _kinds_beside(lookup: str) -> list[str]:
+    """Stage kinds FORMAT.md has next to ``lookup`` (same folder): for the 'expected' of a message."""
+    folder = lookup.rpartition("/")[0]
+    names: list[str] = []
+    for pattern, _ in STAGE_LAYOUTS.patterns:
+        pfolder, _, name = pattern.rpartition("/")
+        if StageMeanings._compile(pfolder).match(folder) and name not in names:
+            names.append(name)
+    return names
+
+
+def _trace_key(key: str) -> tuple[str | None, int | None, StageLayout]:
+    """``(part, pass, layout)`` of a key a golden can hold, else InputError naming the key.
+
+    The grammar: ``input/gray``, ``init/<kind>``, ``final/<kind>``,
+    ``passN/<kind>``, ``passN/{rigid|nonrigid}/<kind>``,
+    ``passN/{rigid|nonrigid}/iterKK/<kind>`` (N in 0..2 without leading zeros, KK exactly
+    two digits, ``shape_change_norm`` from KK = 01), ``hierarchical/landmarks_before``,
+    ``hierarchical/parts_used``, ``hierarchical/<part>/{landmarks|params_global|params_local}``
+    and a part model's own fit ``hierarchical/<part>/{init/..|passN/..|final/..}``,
+    with ``<part>`` one of :data:`PART_POINTS`; kinds as in :data:`STAGE_LAYOUTS`.
+    """
+    if not isinstance(key, str):
+        raise InputError(f"stage key must be a string like 'pass0/response', got {type(key).__name__}")
+    part, lookup = None, key
+    if key.startswith("hierarchical/") and key.count("/") >= 2:
+        part, _, rest = key[len("hierarchical/"):].partition("/")
+        if part not in PART_POINTS:
+            raise InputError(f"{key!r}: unknown part model {part!r}; expected one of "
+                             f"{', '.join(PART_POINTS)} (FORMAT.md, hierarchical cases)")
+        if rest not in _PART_RESULTS:
+            lookup = rest
+            if rest.split("/", 1)[0] not in ("init", "final") and not rest.startswith("pass"):
+                raise InputError(f"{key!r} is not a stage key of the golden format (see FORMAT.md); "
+                                 f"expected hierarchical/{part}/ followed by {', '.join(_PART_RESULTS)}, "
+                                 "or a main-model init/, passN/ or final/ key (the part's own fit)")
+    pass_index = None
+    segs = lookup.split("/")
+    if segs[0].startswith("pass"):
+        m = _PASS_FIELD.fullmatch(segs[0])
+        if m is None or int(m.group(1)) >= N_PASSES:
+            raise InputError(f"{key!r}: pass field {segs[0]!r} is malformed or out of range; expected "
+                             f"{', '.join(f'pass{k}' for k in range(N_PASSES))} (FORMAT.md: one pass per "
+                             "patch scale 0.25, 0.35, 0.5)")
+        pass_index = int(m.group(1))
+        if len(segs) >= 3 and segs[1] not in PHASES:
+            raise InputError(f"{key!r}: {segs[1]!r} is not a phase; expected {segs[0]}/rigid/... or "
+                             f"{segs[0]}/nonrigid/...")
+        if len(segs) >= 4:
+            it = _ITER_FIELD.fullmatch(segs[2])
+            if it is None:
+                raise InputError(f"{key!r}: iteration field {segs[2]!r} is malformed or out of range; "
+                                 "expected iter00 .. iter99 (FORMAT.md's iterKK: exactly two digits, "
+                                 "as clnfdiag.keys.iter_key writes it)")
+            if segs[3] == "shape_change_norm" and int(it.group(1)) == 0:
+                raise InputError(f"{key!r}: iteration 00 has no shape_change_norm; expected it from "
+                                 "iter01 on (FORMAT.md: the change from the previous iteration's shape)")
+    layout = STAGE_LAYOUTS.get(lookup)
+    if layout is None:
+        beside = _kinds_beside(lookup)
+        expected = (f"expected one of: {', '.join(beside)}" if beside else
+                    "expected a key of FORMAT.md's stages table: input/gray, init/<kind>, passN/<kind>, "
+                    "passN/<phase>/<kind>, passN/<phase>/iterKK/<kind>, final/<kind> or hierarchical/...")
+        raise InputError(f"{key!r} is not a stage key of the golden format (see FORMAT.md); {expected}")
+    return part, pass_index, layout
+
+
 class TraceWriter(Recorder):
     """The recorder for other CLNF ports: call it at each stage, then save a golden-format case.
 
-    Keys are checked against the golden vocabulary (``../shared/golden/FORMAT.md``)
-    as they are recorded, so a typo fails at once instead of silently leaving a
-    stage uncompared. A port records what it has; stages it does not record are
+    Every :meth:`record` is checked at once against the golden format
+    (``../shared/golden/FORMAT.md``), so a typo or a layout slip fails where it
+    is made (:class:`~clnfdiag.errors.InputError`, one line naming the key, the
+    problem and what was expected) instead of silently leaving a stage
+    uncompared. A port records what it has; stages it does not record are
     reported as missing by ``clnfdiag compare``, never as wrong — except
     ``final/landmarks``, which every trace needs.
+
+    **Keys** (the only ones a golden can hold, so the only ones ``compare``
+    can match)::
+
+        input/gray   init/<kind>   final/<kind>
+        passN/<kind>   passN/<phase>/<kind>   passN/<phase>/iterKK/<kind>
+        hierarchical/landmarks_before   hierarchical/parts_used
+        hierarchical/<part>/{landmarks,params_global,params_local}
+        hierarchical/<part>/<init/..., passN/... or final/... key>   (a part's own fit)
+
+    ``N`` is 0, 1 or 2 (one pass per patch scale, no leading zero); ``<phase>``
+    is ``rigid`` or ``nonrigid``; ``KK`` is exactly two digits, ``00`` .. ``99``
+    (:func:`clnfdiag.keys.iter_key`); ``<part>`` is ``inner``, ``left_eye_28``
+    or ``right_eye_28``; ``<kind>`` is one FORMAT.md lists at that place.
+    ``shape_change_norm`` exists from ``iter01`` on. **Early stop:** the last
+    iteration of a phase that stopped early has only ``shape_change_norm``
+    (FORMAT.md; the manifest's ``layout.iterations`` says the same): record
+    just that key for it (a fit loop driving this recorder does so by
+    :meth:`discard`-ing the stopped iteration's ``shape``).
+
+    **Shapes and dtypes** come from :data:`STAGE_LAYOUTS` (FORMAT.md's shapes,
+    the C++ goldens' dtypes): landmarks ``(n, 2)``, per-landmark vectors
+    ``(n,)``, maps ``(n, w, w)``, areas ``(n, A, A)``, ``weights`` ``(2n,)``,
+    Jacobians ``(2n, 6)`` rigid / ``(2n, 6+m)`` non-rigid, ``param_update``
+    ``(6,)`` / ``(6+m,)``, global parameters ``(6,)``, local ``(m,)``, scalars
+    0-d (a ``(1,)`` or ``(1, 1)`` array is refused), ``input/gray`` the image's
+    ``(H, W)``. float32 everywhere except ``shape_change_norm`` (float64),
+    int32 for counts, indices and flags (``window_size``, ``scale_index``,
+    ``view_id``, ``visibilities``, ``n_updates``, ``success``, ``parts_used``)
+    and uint8 for ``input/gray``. ``n`` and ``m`` are 68 and 34 for the main
+    model (FORMAT.md); a part model's ``n`` is FORMAT.md's (51 inner, 28 per
+    eye) and its ``m`` is fixed by the first of its arrays that shows it. A
+    pass's ``w`` is fixed by its ``window_size`` or its first map, whichever is
+    recorded first, and everything else of that pass must agree; ``A >= w``.
+
+    **Casting:** a value is stored in the golden's dtype, as the ``dtype``
+    argument of :meth:`Recorder.record` has always meant. Any real numeric
+    value is cast to a float stage (float64 landmarks become float32, rounded
+    to nearest; beyond float32's range they become inf); integer and bool
+    values whose range fits are cast to an integer stage. Refused: floats for
+    an integer stage (``11.0`` for ``window_size``), bool for a float stage,
+    complex, strings, objects, ragged lists, and a ``dtype`` argument other
+    than the golden's. NaN and inf are kept: a port's NaN is what the
+    comparison is for.
 
     Examples
     --------
@@ -823,17 +1049,193 @@ class TraceWriter(Recorder):
         super().__init__()
         self.case_id, self.image, self.bbox = case_id, image, tuple(float(v) for v in bbox)
         self.preset, self.parameters, self.producer = preset, dict(parameters or {}), producer
+        # Dimensions fixed so far, shared with scoped() writers: scope -> {dim: (size, fixed by)}.
+        # Scopes: ("model", part) holds n and m, ("pass", part, k) holds w and A.
+        self._dims: dict[tuple, dict[str, tuple[int, str]]] = {
+            ("model", None): {"n": (MAIN_POINTS, "FORMAT.md"), "m": (MAIN_MODES, "FORMAT.md")},
+            **{("model", p): {"n": (n, "FORMAT.md")} for p, n in PART_POINTS.items()},
+        }
+        self._image_hw: dict[str, tuple[int, int] | None] = {}  # read once, on input/gray
 
     def record(self, key: str, value: Any, dtype: Any = None) -> None:
-        if stage_meaning(self.prefix + key) is None:
-            raise InputError(f"{self.prefix + key!r} is not a stage key of the golden format "
-                             "(see FORMAT.md)")
-        super().record(key, value, dtype)
+        """Check ``prefix + key`` and ``value`` against the golden format, store a copy in the golden dtype.
+
+        Raises
+        ------
+        InputError
+            A key no golden can hold, a value of the wrong shape, or a value
+            whose dtype cannot become the golden's without loss (see the class
+            docstring); nothing is stored then.
+        """
+        full = self.prefix + key if isinstance(key, str) else key
+        part, k, layout = _trace_key(full)
+        golden = np.dtype(layout.dtype)
+        arr = _golden_kind(full, value, dtype, golden)
+        found = self._bindings(full, part, k, layout, arr)
+        if full.rsplit("/", 1)[-1] == "window_size":
+            found = self._window_size(full, part, k, int(arr), found)
+        with np.errstate(over="ignore", invalid="ignore"):
+            stored = arr.astype(golden)  # always a copy
+        for dim, size in found.items():
+            scope = ("model", part) if dim in ("n", "m") else ("pass", part, k)
+            self._dims.setdefault(scope, {})[dim] = (size, full)
+        self.stages[full] = stored
+
+    def scoped(self, prefix: str) -> "TraceWriter":
+        """A writer into the same trace under an extra prefix (a part model's fit), checked alike."""
+        child = copy.copy(self)  # shares stages and the fixed dimensions
+        child.prefix = self.prefix + prefix
+        return child
+
+    def _known(self, part: str | None, k: int | None, layout: StageLayout) -> dict[str, tuple[int, str]]:
+        known = dict(self._dims.get(("model", part), {}))
+        if k is not None:
+            known.update(self._dims.get(("pass", part, k), {}))
+        if "H" in layout.shape:
+            size = self._image_size()
+            if size is not None:
+                known["H"], known["W"] = (size[0], "the image"), (size[1], "the image")
+        return known
+
+    def _image_size(self) -> tuple[int, int] | None:
+        """(height, width) of the trace's picture, None if it cannot be read (save() reports that)."""
+        if "hw" not in self._image_hw:
+            if isinstance(self.image, (str, os.PathLike)):
+                pixels = cv2.imread(str(self.image))
+            else:
+                pixels = np.asarray(self.image)
+            ok = pixels is not None and pixels.ndim in (2, 3)
+            self._image_hw["hw"] = (int(pixels.shape[0]), int(pixels.shape[1])) if ok else None
+        return self._image_hw["hw"]
+
+    def _bindings(self, key: str, part: str | None, k: int | None, layout: StageLayout,
+                  arr: np.ndarray) -> dict[str, int]:
+        """Dimensions ``arr`` newly fixes; InputError if its shape does not fit ``layout``."""
+        known = self._known(part, k, layout)
+        found: dict[str, int] = {}
+        if not _fits(layout.shape, arr.shape, known, found):
+            raise InputError(f"{key!r}: shape {tuple(arr.shape)} is wrong; expected "
+                             f"{_expected(layout, known)}")
+        w = found.get("w", known.get("w", (None,))[0])
+        a = found.get("A", known.get("A", (None,))[0])
+        if w is not None and a is not None and a < w:
+            raise InputError(f"{key!r}: area of interest side {a} is smaller than the window {w}; "
+                             f"expected A = window + patch - 1 >= {w} (FORMAT.md)")
+        return found
+
+    def _window_size(self, key: str, part: str | None, k: int | None, ws: int,
+                     found: dict[str, int]) -> dict[str, int]:
+        """The window a ``window_size`` value fixes for its pass, checked against the pass's maps."""
+        if ws < 1:
+            raise InputError(f"{key!r}: window size {ws}; expected >= 1 (a scale with window 0 is not run, "
+                             "so it has no pass)")
+        pass_dims = self._dims.get(("pass", part, k), {})
+        if "w" in pass_dims and pass_dims["w"][0] != ws:
+            size, src = pass_dims["w"]
+            raise InputError(f"{key!r}: window size {ws}, but the pass's window is {size} (fixed by {src!r}); "
+                             f"expected {size}")
+        if "A" in pass_dims and pass_dims["A"][0] < ws:
+            size, src = pass_dims["A"]
+            raise InputError(f"{key!r}: window size {ws} exceeds the area of interest side {size} of "
+                             f"{src!r}; expected at most {size} (FORMAT.md: A = window + patch - 1)")
+        return {**found, "w": ws}
 
     def save(self, out_dir, result: dict | None = None) -> Path:
-        """Write ``out_dir/<case_id>/`` (manifest.json, image.png, stages.npz)."""
+        """Write ``out_dir/<case_id>/`` (manifest.json, image.png, stages.npz).
+
+        The manifest's ``layout`` block is :data:`TRACE_LAYOUT` (its
+        ``iterations`` as in the C++ goldens: a phase's early-stopped last
+        iteration has only ``shape_change_norm``).
+        """
         if "final/landmarks" not in self.stages:
             raise InputError("a trace needs final/landmarks before it can be saved")
         # finite=False: a port's NaN is what the comparison is for (judged as a divergence).
-        return write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
-                          self.parameters, self.stages, result or {}, self.producer, finite=False)
+        case_dir = write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
+                              self.parameters, self.stages, result or {}, self.producer, finite=False)
+        _add_manifest_block(case_dir, "layout", TRACE_LAYOUT)
+        return case_dir
+
+
+def _golden_kind(key: str, value: Any, dtype: Any, golden: np.dtype) -> np.ndarray:
+    """``value`` as an array whose dtype can become ``golden`` without loss of kind, else InputError."""
+    want = f"{golden} (the golden's dtype{'' if golden.kind == 'f' else ': integer or bool values'})"
+    if dtype is not None:
+        try:
+            asked = np.dtype(dtype)
+        except TypeError:
+            raise InputError(f"{key!r}: dtype {dtype!r} is not a numpy dtype; expected {want}") from None
+        if asked != golden:
+            raise InputError(f"{key!r}: dtype {asked} asked; expected {want} or no dtype")
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{key!r}: not a numeric array ({exc}); expected {want}") from None
+    kind = arr.dtype.kind
+    if kind not in "biufc":
+        raise InputError(f"{key!r}: {arr.dtype} values are not numeric; expected {want}")
+    allowed = "iuf" if golden.kind == "f" else "biu"
+    if kind not in allowed:
+        raise InputError(f"{key!r}: {arr.dtype} values cannot become {golden} without loss; expected {want}")
+    if kind in "iu" and golden.kind in "iu" and arr.size:
+        info = np.iinfo(golden)
+        lo, hi = arr.min(), arr.max()
+        if lo < info.min or hi > info.max:
+            raise InputError(f"{key!r}: values {lo} .. {hi} do not fit {golden}; expected {want}, "
+                             f"{info.min} .. {info.max}")
+    return arr
+
+
+def _fits(spec: tuple[int | str, ...], shape: tuple[int, ...], known: dict[str, tuple[int, str]],
+          found: dict[str, int]) -> bool:
+    """True if ``shape`` fits ``spec`` with the ``known`` dimensions; adds the ones it fixes to ``found``."""
+    if len(shape) != len(spec):
+        return False
+    for want, got in zip(spec, shape):
+        if isinstance(want, int):
+            if got != want:
+                return False
+            continue
+        dim, factor, offset = _DIMS[want]
+        size = found[dim] if dim in found else known[dim][0] if dim in known else None
+        if size is None:
+            size, r = divmod(got - offset, factor)
+            if r or size < 0:
+                return False
+            found[dim] = size
+        if got != factor * size + offset:
+            return False
+    return True
+
+
+def _expected(layout: StageLayout, known: dict[str, tuple[int, str]]) -> str:
+    """``(68, 11, 11) float32 (w = 11 from 'pass0/window_size')``: a layout with the dimensions known."""
+    sizes, notes = [], []
+    for want in layout.shape:
+        if isinstance(want, int):
+            sizes.append(str(want))
+            continue
+        dim, factor, offset = _DIMS[want]
+        if dim in known:
+            size, src = known[dim]
+            sizes.append(str(factor * size + offset))
+            note = f"{dim} = {size} from {src if src in ('FORMAT.md', 'the image') else repr(src)}"
+            if note not in notes:
+                notes.append(note)
+        else:
+            sizes.append(want)
+    shape = "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
+    return f"{shape} {layout.dtype}" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def _add_manifest_block(case_dir: Path, name: str, block: dict) -> None:
+    """Set ``manifest[name]`` of a written case (a descriptive block), replacing manifest.json atomically."""
+    path = case_dir / MANIFEST
+    tmp = case_dir / (MANIFEST + ".tmp")
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    manifest[name] = block
+    try:
+        tmp.write_text(json.dumps(manifest, indent=1, default=json_default) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None

@@ -7,9 +7,15 @@ so those tests are not generated rather than silently skipped.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+# Tests change the working folder (pyproject.toml look-ups, outputs); a relative model folder
+# (the README's OPENFACE_MODELS_DIR=../shared/OpenFaceModels) must keep meaning the same one.
+if os.environ.get("OPENFACE_MODELS_DIR"):
+    os.environ["OPENFACE_MODELS_DIR"] = str(Path(os.environ["OPENFACE_MODELS_DIR"]).resolve())
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

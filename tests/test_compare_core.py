@@ -283,9 +283,22 @@ def test_bad_pyproject_key_names_the_table(tmp_path):
 def test_landmark_floor_read_next_to_the_case(tmp_path, golden):
     case_dir = tmp_path / "cases" / "c1"
     case_dir.mkdir(parents=True)
-    assert landmark_floor(case_dir, "c1") is None
-    (tmp_path / "cases" / "CPP_FLOOR.json").write_text(json.dumps({"cases": {"c1": 0.05}}))
-    assert landmark_floor(case_dir, "c1") == 0.05
+    assert landmark_floor(case_dir, "c1") == (None, None)
+    floors = tmp_path / "cases" / "CPP_FLOOR.json"
+    floors.write_text(json.dumps({"cases": {"c1": 0.05}}))
+    assert landmark_floor(case_dir, "c1") == (0.05, str(floors.resolve()))
+
+
+def test_landmark_floor_of_a_shipped_case_is_found_by_case_id_anywhere(tmp_path):
+    """A copy of a shipped golden with no CPP_FLOOR.json beside it keeps its C++ floor: the value
+    of ../shared/golden/CPP_FLOOR.json (and -hierarchical), looked up by case id."""
+    from conftest import SHARED_GOLDEN, SHARED_GOLDEN_H
+    for shared in (SHARED_GOLDEN, SHARED_GOLDEN_H):
+        table = json.loads((shared / "CPP_FLOOR.json").read_text())["cases"]
+        for case_id, value in table.items():
+            where = tmp_path / "elsewhere" / case_id
+            value_found, source = landmark_floor(where, case_id)
+            assert value_found == value and source.endswith("cpp_floor.json"), case_id
 
 
 # --------------------------------------------------------------------------- compare_traces
@@ -356,7 +369,9 @@ def test_impact_sets_reaches_landmarks_and_gates(golden, stages):
 
     cmp = compare_traces(golden, cand, gate="landmarks", impact=reaches)
     assert calls == ["pass0/response"]
-    assert cmp.impact == {"mean_shifts_max_px": 0.2, "landmarks_max_px": 0.5}
+    # The comparator adds the move it judged against: 0.01 px (the landmark minimum) or the
+    # case's noise, whichever is larger (astronaut_default's C++ floor is 0.00031 px).
+    assert cmp.impact == {"mean_shifts_max_px": 0.2, "landmarks_max_px": 0.5, "noise_floor_px": 0.01}
     assert cmp.stage("pass0/response").reaches_landmarks is True
     assert cmp.verdict == "diverged"
 

@@ -77,7 +77,7 @@ def runs(tmp_path_factory) -> dict[str, dict]:
 
 def test_cases_are_covered(runs):
     digests = {k for k in runs["inherited"] if not k.startswith("_")}
-    assert len(digests) == 2 * len(_cases()) >= 2 * len(project_cases())
+    assert len(digests) == 3 * len(_cases()) >= 3 * len(project_cases())  # isolated, propagated, envelope
 
 
 @pytest.mark.parametrize("setting", sorted(_settings(Path("/unused"))))

@@ -294,7 +294,7 @@ def test_project_copies_have_their_originals_noise_floor():
     from clnfdiag.compare.tolerances import landmark_floor
     from conftest import SHARED_GOLDEN, SHARED_GOLDEN_H, project_cases
     for d in project_cases():
-        assert landmark_floor(d, d.name) is not None, d.name
+        assert landmark_floor(d, d.name)[0] is not None, d.name
         for shared in (SHARED_GOLDEN, SHARED_GOLDEN_H):
             if (shared / d.name / "manifest.json").is_file():
-                assert landmark_floor(d, d.name) == landmark_floor(shared / d.name, d.name), d.name
+                assert landmark_floor(d, d.name)[0] == landmark_floor(shared / d.name, d.name)[0], d.name

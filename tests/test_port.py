@@ -53,7 +53,7 @@ def test_port_through_python(tmp_path):
     case = read_case(CASE)
     trace = producer(case, "isolated")
     cmp = compare_traces(case, trace, "isolated",
-                         impact=lambda key: producer.impact(case, trace, key))
+                         impact=lambda key: producer.replays.impact(case, trace, key))
     data = cmp.to_json()
     _check(data, cmp.missing_keys)
     assert cmp.impact is not None and cmp.impact["landmarks_max_px"] >= 0

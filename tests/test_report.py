@@ -86,7 +86,7 @@ def _section(page: str, case: str, mode: str) -> str:
 
 def test_files_exist(built):
     out = built["out"]
-    for name in ("summary.json", "magnitude.csv", "convergence.csv", "index.html", ARRAYS_FILE):
+    for name in ("summary.json", "magnitude.csv", "convergence.csv", "causes.csv", "index.html", ARRAYS_FILE):
         assert (out / name).is_file(), name
     for sub in ("00_takeo_default_isolated", "01_takeo_default_propagated", "02_astronaut_default_isolated"):
         for png in PLOT_FILES:
@@ -171,12 +171,48 @@ def test_html_verdict_and_impact(built):
     assert "@media print" in page
 
 
+def test_html_outcomes_of_the_comparator(built):
+    """Each comparison's outcome badge is the one its JSON states (the fault: beyond noise; clean: identical)."""
+    page = (built["out"] / "index.html").read_text()
+    for cmp in built["comparisons"]:
+        sec = _section(page, cmp.case, cmp.mode)
+        head = sec.split("</h2>")[0]
+        assert f'<span class="pill {cmp.outcome}" data-outcome="{cmp.outcome}"' in head
+    assert {c.outcome for c in built["comparisons"]} == {"beyond_noise", "identical"}
+
+
+def test_causes_from_the_comparator(tmp_path):
+    """compare_traces(causes=True): the report leads with the ranked causes and writes them to causes.csv."""
+    fault = read_case(PROJECT_GOLDEN / FAULT_CASE, verify=False)
+    try:
+        trace = _divide_by_max(_golden_trace(fault), fault)
+        cmp = compare.compare_traces(fault, trace, mode="isolated", impact=_impact(0.5), causes=True,
+                                     signature=lambda key: "normalize-response" if key == "pass0/response" else None)
+        out = write_report([cmp], tmp_path / "r")
+    finally:
+        fault.close()
+    assert cmp.causes, "the fault gives at least one cause"
+    page = (out / "index.html").read_text()
+    body = page[page.index("<body"):]
+    assert body.index('id="verdict"') < body.index('id="fix-first"') < body.index('id="overview"')
+    fix = re.search(r'<section class="fix" id="fix-first">(.*?)</section>', page, re.S).group(1)
+    for c in cmp.causes[:5]:
+        assert f"<code>{c.first_stage}</code>" in fix
+        assert f'data-v="{c.landmarks_impact_px!r}"' in fix
+    assert "normalize-response" in fix
+    df = pd.read_csv(out / "causes.csv", keep_default_na=False)
+    assert list(df["first_stage"]) == [c.first_stage for c in cmp.causes]
+    assert list(df["rank"]) == list(range(1, len(cmp.causes) + 1))
+    assert [float(x) for x in df["landmarks_impact_px"]] == [c.landmarks_impact_px for c in cmp.causes]
+    assert list(df["known_fault"]) == [c.known_fault or "" for c in cmp.causes]
+
+
 def test_cli_rebuilds_the_same_tables(built, tmp_path):
     src = built["out"]
     res = CliRunner().invoke(main, ["report", str(src / "summary.json"), "--out", str(tmp_path / "again")])
     assert res.exit_code == 0, res.output
     again = tmp_path / "again"
-    for name in ("magnitude.csv", "convergence.csv"):
+    for name in ("magnitude.csv", "convergence.csv", "causes.csv"):
         assert (again / name).read_bytes() == (src / name).read_bytes(), name
     assert json.loads((again / "summary.json").read_text()) == json.loads((src / "summary.json").read_text())
     # The arrays saved next to summary.json bring back the image and map plots.

@@ -19,7 +19,7 @@ def _through_json(obj) -> dict:
 def test_comparisons_round_trip():
     producer = FitProducer(models=models_root(), faults=["normalize-response"])
     results = list(run([REPO / "golden" / "astronaut_default"], producer, ("isolated", "propagated"),
-                       impact=producer.impact))
+                       impact=producer.replays.impact))
     assert [r.verdict for r in results] == ["diverged", "diverged"]
     for cmp in results:
         for per_landmark in ("all", "diverged", "none"):

@@ -26,9 +26,10 @@ from ..golden import find_cases, read_case
 from ..outputs import check_file_target, check_folder_target, is_empty_folder, write_file
 from ..processes import usable_cpus
 from .comparator import (FINAL_LANDMARKS, run)
-from .producers import CandidateTraces, FitProducer
+from .noise import DEFAULT_RUNS
+from .producers import CandidateTraces, FitProducer, Replays
 from .struct import CaseComparison, CaseFailure, Summary, fmt_number, run_json
-from .tolerances import exact_tolerances, load_tolerances
+from .tolerances import PROFILES, exact_tolerances, load_tolerances
 
 #: Carriage return + erase line: removes the progress counter before a result line.
 _CLEAR_LINE = "\r\033[K"
@@ -60,6 +61,15 @@ _CLEAR_LINE = "\r\033[K"
               help="Judge every stage of both modes by equality: any differing value diverges. "
                    "clnfdiag's own fit reproduces the OpenFace C++ goldens bit for bit on any CPU; "
                    "this is the regression gate for it (cannot be combined with --tolerances).")
+@click.option("--profile", type=click.Choice(list(PROFILES)), default="exact", show_default=True,
+              help="Tolerance table of the isolated stages: exact (float32 rounding; exact equality "
+                   "where OpenFace's arithmetic is reproducible bit for bit: clnfdiag and bit-faithful "
+                   "ports) or port (what float64 or another rounding can make of each quantity; "
+                   "clnfdiag/data/port_tolerances.toml states each bound). Propagated stages are "
+                   "judged against each case's measured noise envelope either way.")
+@click.option("--noise-runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
+              help="Perturbed fits per noise envelope (K). An envelope is measured once per golden "
+                   "case (a few seconds) and cached by content under $XDG_CACHE_HOME/clnfdiag/noise.")
 @click.option("--gate", type=click.Choice(["stages", "landmarks"]), default="stages", show_default=True,
               help="stages: fail on any stage beyond tolerance; landmarks: only when the final "
                    "landmarks are (or the first divergence's impact on them is).")
@@ -80,7 +90,8 @@ _CLEAR_LINE = "\r\033[K"
 @click.pass_context
 def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path | None, port: str | None,
             mode: str | None,
-            tolerances_file: Path | None, exact: bool, gate: str, inject: tuple[str, ...], report_dir: Path | None,
+            tolerances_file: Path | None, exact: bool, profile: str, noise_runs: int, gate: str,
+            inject: tuple[str, ...], report_dir: Path | None,
             json_out: str | None, models: Path | None, workers: int, quiet: bool) -> None:
     """Compare a CLNF implementation with OpenFace C++ golden cases, stage by stage.
 
@@ -93,29 +104,33 @@ def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path 
     interrupted (nothing half-written).
     """
     ctx.exit(run_body(lambda: _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject,
-                                       report_dir, json_out, models, workers, quiet, port)))
+                                       report_dir, json_out, models, workers, quiet, port, profile,
+                                       noise_runs)))
 
 
 def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject, report_dir, json_out,
-             models, workers, quiet, port=None) -> int:
+             models, workers, quiet, port=None, profile="exact", noise_runs=DEFAULT_RUNS) -> int:
     """The command body; returns the exit code (raises ClnfdiagError for bad input)."""
     t0 = time.perf_counter()
     if exact and tolerances_file is not None:
         raise InputError("--exact and --tolerances cannot be combined (--exact allows no difference)")
-    tolerances = exact_tolerances() if exact else load_tolerances(tolerances_file)
+    if exact and profile != "exact":
+        raise InputError("--exact allows no difference; it cannot be combined with --profile port")
+    tolerances = exact_tolerances() if exact else load_tolerances(tolerances_file, profile=profile)
     case_dirs = find_cases(list(golden_paths))
     modes = _modes(mode, candidate is not None)
     report_module = _report_module() if report_dir is not None else None
     _check_targets(json_out, report_dir, report_module)
     workers = _cap_workers(workers)
-    producer, impact = _producer(candidate, inject, models, modes, len(case_dirs), workers, port)
+    producer, replays = _producer(candidate, inject, models, modes, len(case_dirs), workers, port, noise_runs)
     human = sys.stderr if json_out == "-" else sys.stdout
     progress = _progress_printer(len(case_dirs)) if not quiet and _is_tty(sys.stderr) else None
 
     results: list[CaseComparison | CaseFailure] = []
     keep = report_module.keep_for_report if report_module is not None else None
-    for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress, impact=impact,
-                   keep=keep):
+    for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress,
+                   impact=replays.impact, keep=keep, envelope=replays.envelope, signature=replays.signature,
+                   causes=True):
         results.append(res)
         _print_result(res, human, quiet, progress is not None)
     if progress is not None:
@@ -167,27 +182,35 @@ def _modes(mode: str | None, have_candidate: bool) -> tuple[str, ...]:
 
 
 def _producer(candidate: Path | None, inject: tuple[str, ...], models: Path | None, modes: tuple[str, ...],
-              n_cases: int, workers: int, port: str | None = None):
-    """The trace producer and impact function for the options (fails fast on what it can check)."""
+              n_cases: int, workers: int, port: str | None = None, noise_runs: int = DEFAULT_RUNS):
+    """The trace producer and clnfdiag's own replays (impact, envelopes, fault signatures) for the
+    options; fails fast on what it can check."""
     if candidate is not None:
         if inject:
             raise InputError("--inject changes the fit; it cannot be combined with --candidate (no fitting)")
         if port is not None:
             raise InputError("--port fits with a port; it cannot be combined with --candidate (no fitting)")
-        return CandidateTraces(candidate, match_any=n_cases == 1), None
+        replays = Replays(models, noise_runs)
+        _load_early(replays, workers, n_cases, models)
+        return CandidateTraces(candidate, match_any=n_cases == 1), replays
     faults = parse_faults(list(inject))
     if port is not None:
         from ..ports import load_port
         load_port(port)  # a bad spec is reported before any case
-    producer = FitProducer(models, faults, port)
+    producer = FitProducer(models, faults, port, noise_runs)
+    _load_early(producer, workers, n_cases, models)
+    return producer, producer.replays
+
+
+def _load_early(producer: Any, workers: int, n_cases: int, models: Path | None) -> None:
+    """Read the model (and port) now: a model error is reported before any case."""
     if workers == 1 or n_cases <= 1:
-        producer.candidate_fitter  # load the model (and port) now: a model error is reported before any case
+        getattr(producer, "candidate_fitter", None) or producer.fitter
     else:
-        # Read (and checksum) the model here too: a model error is reported before any case, and a
-        # modified file's warning once, not by every worker (the workers do not repeat it).
+        # Read (and checksum) the model here too, so that a modified file's warning shows once,
+        # not by every worker (the workers do not repeat it).
         from ..models import load_model
         load_model(models)
-    return producer, producer.impact
 
 
 def _report_module():
@@ -243,31 +266,49 @@ def _print_result(res: CaseComparison | CaseFailure, out: IO, quiet: bool, progr
 
 
 def case_line(cmp: CaseComparison) -> str:
-    """One human line for a comparison: verdict, first divergence with its landmarks, worst error."""
+    """One human line for a comparison: verdict, first divergence with its landmarks, its
+    replayed impact, the causes to fix first, and (propagated mode) the end-to-end error.
+
+    In isolated mode each stage is fed the golden's inputs, so the trace's own final
+    landmarks say nothing about the landmarks: only a replayed impact does.
+    """
     head = f"{cmp.verdict.upper():<8}  {cmp.case}  {cmp.mode}"
     parts: list[str] = []
     if cmp.first_divergent_stage is None:
-        parts.append(f"{len(cmp.stages)} stages within tolerance")
-        w = cmp.worst_stage
-        if w is not None:
-            parts.append(f"worst {w.stage} at {fmt_number(w.ratio)}x tolerance (max_abs {fmt_number(w.max_abs)})")
+        if cmp.outcome == "identical":
+            parts.append(f"{len(cmp.stages)} stages bit-identical")
+        else:
+            parts.append(f"{len(cmp.stages)} stages within rounding noise")
+            w = cmp.worst_stage
+            if w is not None:
+                parts.append(f"worst {w.stage} at {fmt_number(w.ratio)}x tolerance (max_abs {fmt_number(w.max_abs)})")
     else:
         s = cmp.stage(cmp.first_divergent_stage)
-        text = (f"first divergence {s.stage}: max_abs {fmt_number(s.max_abs)} max_rel {fmt_number(s.max_rel)} "
-                f"({fmt_number(s.ratio)}x tolerance)")
+        at = s.max_abs_landmark
+        text = (f"first divergence {s.stage}: max_abs {fmt_number(s.max_abs)}"
+                + (f" at landmark {at}" if at is not None else "")
+                + f" max_rel {fmt_number(s.max_rel)} ({fmt_number(s.ratio)}x tolerance)")
         if s.note:
             text += f" [{s.note}]"
         if s.worst_landmarks:
             more = "..." if s.n_beyond > len(s.worst_landmarks) else ""
-            text += f", landmarks {','.join(map(str, s.worst_landmarks))}{more}"
+            text += f", {s.n_beyond} beyond, worst first: landmarks {','.join(map(str, s.worst_landmarks))}{more}"
         parts.append(text)
         parts.append(f"{len(cmp.divergent_stages)}/{len(cmp.stages)} stages beyond")
         if cmp.impact is not None:
-            reach = {True: "reaches", False: "does not reach", None: "?"}[s.reaches_landmarks]
-            parts.append(f"impact: landmarks {fmt_number(cmp.impact.get('landmarks_max_px'))} px ({reach} the landmarks)")
+            reach = {True: "beyond", False: "within", None: "?"}[s.reaches_landmarks]
+            parts.append(f"impact: landmarks {fmt_number(cmp.impact.get('landmarks_max_px'))} px ({reach} "
+                         f"the case's noise {fmt_number(cmp.impact.get('noise_floor_px'))} px)")
+        elif cmp.mode == "isolated":
+            parts.append("landmark impact not replayed")
+        if cmp.causes:
+            top = "; ".join(c.line() for c in cmp.causes[:3])
+            parts.append(f"fix these first: {top}")
     final = cmp.observed.get("landmarks_max_px")
-    if final is not None:
-        parts.append(f"{FINAL_LANDMARKS} {fmt_number(final)} px (tol {fmt_number(cmp.landmark_tolerance_px)})")
+    if final is not None and cmp.mode == "propagated":
+        noise = (f", noise {fmt_number(cmp.noise_floor_px)} px from {cmp.noise_floor_source}"
+                 if cmp.noise_floor_px is not None else "")
+        parts.append(f"{FINAL_LANDMARKS} {fmt_number(final)} px (tol {fmt_number(cmp.landmark_tolerance_px)}{noise})")
     if cmp.missing_keys:
         parts.append(f"{len(cmp.missing_keys)} golden stages not in candidate")
     return head + "  " + "; ".join(parts)

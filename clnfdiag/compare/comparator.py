@@ -33,18 +33,28 @@ from ..golden import GoldenCase, read_case
 from ..keys import PHASES, StageKey, iteration_of, parse
 from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers
 from . import metrics
-from .struct import DIVERGED, PASS, CaseComparison, CaseFailure, ConvergenceRow, StageResult
-from .tolerances import MODES, Tol, Tolerances, default_tolerances, landmark_floor, landmark_tolerance
+from .struct import (BEYOND_NOISE, DIVERGED, IDENTICAL, PASS, WITHIN_NOISE, CaseComparison, CaseFailure,
+                     Cause, ConvergenceRow, Envelope, StageResult)
+from .tolerances import (MODES, Tol, Tolerances, default_tolerances, landmark_floor, landmark_tolerance,
+                         noise_tolerance)
 
 GATES = ("stages", "landmarks")
 #: Key of the final landmarks, the end-to-end result.
 FINAL_LANDMARKS = "final/landmarks"
 
 
-#: ``impact(stage_key) -> {"mean_shifts_max_px", "landmarks_max_px"}`` bound to one case and candidate.
-StageImpact = Callable[[str], Mapping[str, float] | None]
-#: ``impact(case, candidate, stage_key) -> {...}``, bound per case by :func:`run`.
-CaseImpact = Callable[[GoldenCase, Mapping[str, np.ndarray], str], Mapping[str, float] | None]
+#: ``impact(stage_keys) -> {"mean_shifts_max_px", "landmarks_max_px"}`` bound to one case and
+#: candidate: the effect of the candidate's values of ``stage_keys`` (a key or a tuple of keys).
+StageImpact = Callable[[str | tuple[str, ...]], Mapping[str, float] | None]
+#: ``impact(case, candidate, stage_keys) -> {...}``, bound per case by :func:`run`.
+CaseImpact = Callable[[GoldenCase, Mapping[str, np.ndarray], str | tuple[str, ...]], Mapping[str, float] | None]
+#: ``signature(stage_key) -> fault name or None``: the known fault whose value of the stage the
+#: candidate's matches, bound to one case and candidate.
+StageSignature = Callable[[str], str | None]
+#: ``signature(case, candidate, stage_key)``, bound per case by :func:`run`.
+CaseSignature = Callable[[GoldenCase, Mapping[str, np.ndarray], str], str | None]
+#: ``envelope(case) -> Envelope or None``: the case's measured rounding noise.
+CaseEnvelope = Callable[[GoldenCase], Envelope | None]
 #: ``producer(case, mode) -> trace``.
 Producer = Callable[[GoldenCase, str], Mapping[str, np.ndarray]]
 
@@ -93,6 +103,7 @@ def compare_stage(key: str, golden: np.ndarray, candidate: np.ndarray, tol: Tol,
         res.max_abs = res.rms = res.max_rel = res.ratio = inf
         res.within_tolerance, res.n_beyond = False, 1
         res.note = f"shape {tuple(candidate.shape)} differs from golden {tuple(golden.shape)}"
+        res.outcome = BEYOND_NOISE
         return res
     if fam == "map":
         fields = metrics.compare_maps(golden, candidate, tol, _visible_for(visible, golden.shape[0]))
@@ -108,6 +119,8 @@ def compare_stage(key: str, golden: np.ndarray, candidate: np.ndarray, tol: Tol,
         n_nan = int(np.count_nonzero(np.isnan(candidate)))
         if n_nan:  # the metrics count a NaN as an infinite error; say where it came from
             res.note = f"{n_nan} NaN value(s) in the candidate"
+    res.outcome = (BEYOND_NOISE if not res.within_tolerance
+                   else IDENTICAL if res.max_abs == 0 else WITHIN_NOISE)
     return res
 
 
@@ -123,7 +136,9 @@ def _visible_for(visible: np.ndarray | None, n: int) -> np.ndarray | None:
 
 def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str = "isolated",
                    tolerances: Tolerances | None = None, gate: str = "stages",
-                   impact: StageImpact | None = None, impact_stages: int = 1) -> CaseComparison:
+                   impact: StageImpact | None = None, impact_stages: int = 1,
+                   envelope: Envelope | None = None, signature: StageSignature | None = None,
+                   causes: bool = False) -> CaseComparison:
     """Compare a candidate trace with a golden case, stage by stage in execution order.
 
     Parameters
@@ -134,20 +149,31 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
         The trace to judge; golden keys it lacks are listed in
         ``missing_keys`` (not a failure), except ``final/landmarks``.
     mode : {"isolated", "propagated"}
-        Selects the tolerance table; in propagated mode ``final/landmarks``
-        may use the case's C++ noise floor (CPP_FLOOR.json) when larger.
+        Selects the tolerances: isolated stages at the profile's rounding level;
+        propagated ones against the case's noise envelope (``envelope``), the
+        final landmarks at the largest of 0.01 px, the envelope's band and twice
+        the C++ noise floor (CPP_FLOOR.json, found by case id).
     tolerances : Tolerances, optional
         Default: the shipped defaults.
     gate : {"stages", "landmarks"}
         ``stages``: the case diverges when any stage is beyond tolerance.
         ``landmarks``: only when ``final/landmarks`` is, or when the impact of
-        the first divergent stage moves the landmarks beyond their tolerance.
+        the first divergent stage (isolated mode: or of a cause) moves the
+        landmarks beyond the case's noise.
     impact : callable, optional
-        ``impact(stage_key) -> {"mean_shifts_max_px", "landmarks_max_px"}``;
+        ``impact(stage_keys) -> {"mean_shifts_max_px", "landmarks_max_px"}``;
         called for the first ``impact_stages`` divergent stages to fill their
-        ``reaches_landmarks``. It may raise NotImplementedError (left unknown).
+        ``reaches_landmarks``, and per cause. It may raise NotImplementedError
+        (left unknown).
     impact_stages : int
         How many divergent stages (in order) get an impact evaluation.
+    envelope : Envelope, optional
+        The case's measured rounding noise (:mod:`clnfdiag.compare.noise`);
+        ignored by bit-exact tolerances.
+    signature : callable, optional
+        ``signature(stage_key) -> fault name or None`` for the causes.
+    causes : bool
+        Rank every stage kind beyond tolerance by its replayed impact (needs ``impact``).
 
     Returns
     -------
@@ -162,37 +188,125 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
     _check_choice("mode", mode, MODES)
     _check_choice("gate", gate, GATES)
     tolerances = tolerances or default_tolerances()
+    if tolerances.bit_exact:
+        envelope = None  # bit identity allows no noise
     trace = as_trace(candidate, golden.case_id)
     gkeys = golden.keys()
     if golden.has(FINAL_LANDMARKS) and FINAL_LANDMARKS not in trace:
         raise InputError(f"candidate trace has no {FINAL_LANDMARKS}; the case cannot be judged",
                          where=golden.case_id)
-    floor = landmark_floor(golden.path, golden.case_id)
-    lm_tol = landmark_tolerance(tolerances, mode, floor)
+    floor, floor_file = landmark_floor(golden.path, golden.case_id)
+    band = envelope.band_px if envelope is not None else None
+    lm_tol = landmark_tolerance(tolerances, mode, floor, band)
     n_lm = _n_landmarks(golden)
-    stages = [_compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm) for key in gkeys if key in trace]
+    bands = envelope.stage_bands if envelope is not None and mode == "propagated" else {}
+    stages = [_compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm, bands)
+              for key in gkeys if key in trace]
+    noise, source = _noise_floor(band, floor, floor_file, envelope)
     cmp = CaseComparison(
         case=golden.case_id, mode=mode, gate=gate, stages=stages,
         missing_keys=[k for k in gkeys if k not in trace],
         extra_keys=[k for k in trace if not golden.has(k)],
         landmark_tolerance_px=_landmark_allowed(golden, lm_tol),
-        noise_floor_px=floor, golden_path=str(golden.path),
+        noise_floor_px=noise, noise_floor_source=source, cpp_floor_px=floor,
+        landmark_band_px=list(envelope.landmark_band_px) if envelope is not None else [],
+        golden_path=str(golden.path),
     )
     divergent = cmp.divergent_stages
     cmp.first_divergent_stage = divergent[0].stage if divergent else None
+    # Impact compares two replays of one implementation, with and without the stage: a
+    # move within what rounding alone makes of this case (its envelope band, or the C++
+    # floor: two builds differing only in rounding land that far apart) is not an effect.
+    impact_allowed = max(tolerances.get("landmarks", "isolated").atol, noise or 0.0)
     if impact is not None:
-        # Impact compares two replays of one implementation, with and without the stage:
-        # a move smaller than what rounding-level differences already cause on this case
-        # (the noise floor: two C++ builds differing only in rounding land that far apart)
-        # cannot be told from noise. (A candidate's own distance to the golden is judged
-        # against twice the floor instead, see landmark_tolerance.)
-        _evaluate_impact(divergent[:max(0, impact_stages)], impact,
-                         max(cmp.landmark_tolerance_px, floor or 0.0))
+        _evaluate_impact(divergent[:max(0, impact_stages)], impact, impact_allowed)
         cmp.impact = divergent[0].impact if divergent else None
+        if causes:
+            cmp.causes = rank_causes(divergent, trace, mode, impact, signature, impact_allowed)
     cmp.verdict = _verdict(cmp)
+    cmp.outcome = (BEYOND_NOISE if not cmp.passed
+                   else IDENTICAL if all(s.outcome == IDENTICAL for s in stages) else WITHIN_NOISE)
     cmp.observed = observed_errors(stages)
-    cmp.convergence = convergence_rows(golden, trace)
+    cmp.convergence = convergence_rows(golden, trace, bands)
     return cmp
+
+
+def _noise_floor(band: float | None, floor: float | None, floor_file: str | None,
+                 envelope: Envelope | None) -> tuple[float | None, str | None]:
+    """The case's final-landmark rounding noise and its source: the larger of the envelope's
+    band and the C++ floor (a lower bound)."""
+    if band is None and floor is None:
+        return None, None
+    if floor is not None and (band is None or floor > band):
+        return floor, floor_file
+    return band, envelope.source if envelope is not None else None
+
+
+def _group_key(stage: StageResult) -> str:
+    """A cause's stage kind: the kind, prefixed by the part model for a part's own stage."""
+    sk = parse(stage.stage)
+    return stage.kind if sk.part is None else f"{sk.part}/{stage.kind}"
+
+
+def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], mode: str,
+                impact: StageImpact, signature: StageSignature | None,
+                allowed_px: float) -> list[Cause]:
+    """Every stage kind beyond tolerance, with its replayed impact, largest first ("fix these first").
+
+    In isolated mode each stage was computed from the golden's inputs, so the
+    candidate's values of a kind are its own error at every stage: all of them,
+    from the first one beyond tolerance on, are swapped in together. In propagated
+    mode later values also carry the drift of earlier stages, so only the first
+    stage of the kind is swapped in.
+
+    Parameters
+    ----------
+    divergent : list of StageResult
+        Stages beyond tolerance, in execution order.
+    trace : mapping
+        The candidate trace (for the keys of each kind).
+    mode : str
+    impact : callable
+        ``impact(stage_keys)``.
+    signature : callable or None
+        ``signature(stage_key)``: matching known fault of the first stage.
+    allowed_px : float
+        A landmark move up to this is within the case's rounding noise.
+
+    Returns
+    -------
+    list of Cause
+        Sorted by landmark impact, then mean-shift impact (unknown last).
+    """
+    firsts: dict[str, StageResult] = {}
+    for s in divergent:
+        firsts.setdefault(_group_key(s), s)
+    out: list[Cause] = []
+    keys = list(trace)
+    for group, first in firsts.items():
+        swap: str | tuple[str, ...] = first.stage
+        if mode == "isolated" and parse(first.stage).part is None and first.stage in trace:
+            start = keys.index(first.stage)
+            swap = tuple(k for k in keys[start:] if parse(k).part is None and parse(k).kind == first.kind)
+        try:
+            res = impact(swap)
+        except NotImplementedError:
+            res = None
+        cause = Cause(group, first.stage)
+        if res is not None:
+            cause.landmarks_impact_px = float(res.get("landmarks_max_px", math.nan))
+            cause.mean_shifts_impact_px = float(res.get("mean_shifts_max_px", math.nan))
+            cause.beyond_noise = bool(not cause.landmarks_impact_px <= allowed_px)
+        if signature is not None:
+            cause.known_fault = signature(first.stage)
+        out.append(cause)
+
+    def order(c: Cause) -> tuple[float, float]:
+        def v(x: float | None) -> float:
+            return -1.0 if x is None or math.isnan(x) else x
+        return (-v(c.landmarks_impact_px), -v(c.mean_shifts_impact_px))
+
+    return sorted(out, key=order)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -221,14 +335,22 @@ def _n_landmarks(golden: GoldenCase) -> int:
 
 
 def _compare_key(golden: GoldenCase, trace: dict[str, np.ndarray], key: str, mode: str,
-                 tolerances: Tolerances, lm_tol: Tol, n_lm: int) -> StageResult:
+                 tolerances: Tolerances, lm_tol: Tol, n_lm: int, bands: Mapping[str, float]) -> StageResult:
     info = parse_key(key)
-    tol = lm_tol if key == FINAL_LANDMARKS else tolerances.get(info.kind, mode)
+    band = bands.get(key)
+    if key == FINAL_LANDMARKS:
+        tol = lm_tol
+    elif band is not None:
+        tol = noise_tolerance(tolerances.get(info.kind, "isolated"), band)
+    else:
+        tol = tolerances.get(info.kind, mode)
     visible = None
     if info.kind in metrics.MAP_KINDS and info.pass_index is not None:
         vkey = f"pass{info.pass_index}/visibilities"
         visible = golden.stage(vkey) if golden.has(vkey) else None
-    return compare_stage(key, golden.stage(key), trace[key], tol, visible, n_lm)
+    res = compare_stage(key, golden.stage(key), trace[key], tol, visible, n_lm)
+    res.noise_band_px = band
+    return res
 
 
 def _landmark_allowed(golden: GoldenCase, lm_tol: Tol) -> float:
@@ -238,7 +360,7 @@ def _landmark_allowed(golden: GoldenCase, lm_tol: Tol) -> float:
     return float(lm_tol.allowed(metrics.point_scale(golden.stage(FINAL_LANDMARKS), "landmarks")))
 
 
-def _evaluate_impact(stages: list[StageResult], impact: StageImpact, lm_allowed: float) -> None:
+def _evaluate_impact(stages: list[StageResult], impact: StageImpact, allowed: float) -> None:
     for s in stages:
         try:
             res = impact(s.stage)
@@ -247,9 +369,8 @@ def _evaluate_impact(stages: list[StageResult], impact: StageImpact, lm_allowed:
         if res is None:
             continue
         s.impact = {k: float(v) for k, v in dict(res).items()}
+        s.impact["noise_floor_px"] = allowed
         px = s.impact.get("landmarks_max_px")
-        # A move within the case's own rounding noise (its measured envelope) is not an effect.
-        allowed = max(lm_allowed, s.impact.get("noise_band_px", 0.0))
         s.reaches_landmarks = None if px is None else bool(not px <= allowed)
 
 
@@ -259,10 +380,14 @@ def _verdict(cmp: CaseComparison) -> str:
     final = next((s for s in cmp.stages if s.stage == FINAL_LANDMARKS), None)
     if final is not None and not final.within_tolerance:
         return DIVERGED
-    # The impact verdict was already judged against the landmark tolerance (or the
-    # case's noise floor, the replay being end to end): reuse it, one rule only.
+    # The impact verdicts were already judged against the case's rounding noise: reuse them,
+    # one rule only. In isolated mode the trace's own final landmarks were fed the golden's
+    # inputs, so the replays are the only landmark evidence: the first divergence's, and each
+    # cause's (every stage of a kind swapped in, which a one-stage replay underestimates).
     first = next((s for s in cmp.stages if s.stage == cmp.first_divergent_stage), None)
     if first is not None and first.reaches_landmarks:
+        return DIVERGED
+    if cmp.mode == "isolated" and any(c.beyond_noise for c in cmp.causes):
         return DIVERGED
     return PASS
 
@@ -276,8 +401,10 @@ def observed_errors(stages: Iterable[StageResult]) -> dict[str, float | None]:
 
 # --------------------------------------------------------------------------- convergence
 
-def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray]) -> list[ConvergenceRow]:
-    """One row per (pass, phase, iteration) present on either side, in run order."""
+def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray],
+                     bands: Mapping[str, float] | None = None) -> list[ConvergenceRow]:
+    """One row per (pass, phase, iteration) present on either side, in run order (with the
+    envelope's bands of each iteration's shape and mean-shifts when ``bands`` has them)."""
     seen: set[tuple[int, str, int]] = set()
     for key in chain(golden.keys(), trace):
         it = iteration_of(key)
@@ -288,10 +415,11 @@ def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray]) -> lis
         phase_rank = PHASES.index(t[1]) if t[1] in PHASES else len(PHASES)
         return (t[0], phase_rank, t[1], t[2])
 
-    return [_convergence_row(golden, trace, *t) for t in sorted(seen, key=order)]
+    return [_convergence_row(golden, trace, bands or {}, *t) for t in sorted(seen, key=order)]
 
 
-def _convergence_row(golden: GoldenCase, trace: Mapping[str, np.ndarray], p: int, phase: str, k: int) -> ConvergenceRow:
+def _convergence_row(golden: GoldenCase, trace: Mapping[str, np.ndarray], bands: Mapping[str, float],
+                     p: int, phase: str, k: int) -> ConvergenceRow:
     def pair(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
         key = f"pass{p}/{phase}/iter{k:02d}/{name}"
         return (golden.stage(key) if golden.has(key) else None), trace.get(key)
@@ -305,6 +433,8 @@ def _convergence_row(golden: GoldenCase, trace: Mapping[str, np.ndarray], p: int
     row.mean_shift_rms_golden, row.mean_shift_rms_candidate = _points_rms(g), _points_rms(c)
     row.mean_shift_rms_diff = _diff_rms(g, c)
     row.landmark_rms_diff = _diff_rms(*pair("shape"))
+    row.landmark_band_px = bands.get(f"pass{p}/{phase}/iter{k:02d}/shape")
+    row.mean_shift_band_px = bands.get(f"pass{p}/{phase}/iter{k:02d}/mean_shifts")
     return row
 
 
@@ -343,6 +473,9 @@ class _Job:
     verify: bool
     impact_stages: int
     keep: Callable[[str], bool] | None = None
+    envelope: CaseEnvelope | None = None
+    signature: CaseSignature | None = None
+    causes: bool = False
 
 
 def compare_case(ref: str | Path | GoldenCase, job: _Job) -> list[CaseComparison | CaseFailure]:
@@ -366,7 +499,11 @@ def _compare_mode(case: GoldenCase, mode: str, job: _Job) -> CaseComparison | Ca
     try:
         trace = job.producer(case, mode)
         bound = None if job.impact is None else partial(job.impact, case, trace)
-        cmp = compare_traces(case, trace, mode, job.tolerances, job.gate, bound, job.impact_stages)
+        sig = None if job.signature is None else partial(job.signature, case, trace)
+        exact = job.tolerances is not None and job.tolerances.bit_exact
+        env = None if job.envelope is None or exact else job.envelope(case)
+        cmp = compare_traces(case, trace, mode, job.tolerances, job.gate, bound, job.impact_stages,
+                             env, sig, job.causes)
     except ClnfdiagError as err:
         return CaseFailure(case.case_id, mode, err.kind, str(err), err.exit_code)
     cmp.wall_time_s = time.perf_counter() - t0
@@ -379,7 +516,9 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         tolerances: Tolerances | None = None, gate: str = "stages", workers: int = 1,
         progress: Callable[[int, int], None] | None = None, impact: CaseImpact | None = None,
         verify: bool = True, impact_stages: int = 1,
-        keep: Callable[[str], bool] | None = None) -> Iterator[CaseComparison | CaseFailure]:
+        keep: Callable[[str], bool] | None = None, envelope: CaseEnvelope | None = None,
+        signature: CaseSignature | None = None,
+        causes: bool = False) -> Iterator[CaseComparison | CaseFailure]:
     """Compare many cases, yielding results in input order as they are ready.
 
     Parameters
@@ -412,6 +551,13 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         ``keep(key) -> bool``: candidate arrays to keep in
         ``CaseComparison.kept`` (everything else is dropped after comparing).
         Must be picklable when ``workers > 1``.
+    envelope : callable, optional
+        ``envelope(case) -> Envelope``: the case's noise envelope (not called
+        with bit-exact tolerances).
+    signature : callable, optional
+        ``signature(case, trace, stage_key) -> fault or None`` (see :func:`compare_traces`).
+    causes : bool
+        Rank the causes of every comparison (see :func:`rank_causes`).
 
     Yields
     ------
@@ -424,7 +570,8 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         _check_choice("mode", m, MODES)
     _check_choice("gate", gate, GATES)
     refs = list(cases)
-    job = _Job(producer, modes, tolerances, gate, impact, verify, impact_stages, keep)
+    job = _Job(producer, modes, tolerances, gate, impact, verify, impact_stages, keep, envelope,
+               signature, causes)
     if workers <= 1 or len(refs) <= 1:
         for i, ref in enumerate(refs):
             results = compare_case(ref, job)

@@ -1,11 +1,17 @@
 """Impact: does a diverging stage reach the mean-shifts and the final landmarks?
 
-The candidate's value of the diverging stage is carried through the rest of
+The candidate's value of the diverging stage (or the values of several
+stages, for a cause: every stage of one kind) is carried through the rest of
 the fit: the golden's pass is replayed from its own inputs (parameters
-entering the pass) with that one stage replaced, and every later stage and
-pass is computed by clnfdiag. The same replay carrying the golden's value of
-the stage is the baseline, so what is measured is the effect of that stage's
-difference alone (clnfdiag's own float-level differences cancel out).
+entering the pass) with those stages replaced, and every later stage and pass
+is computed by clnfdiag. The baseline is the same replay without replacement,
+which is the golden itself bit for bit (clnfdiag reproduces every golden stage
+on any CPU: the ``--exact`` gate), so what is measured is the effect of the
+stages' difference alone. The baseline depends only on the pass the replay
+starts from, so it is made once per case and pass.
+
+Whether a move counts is the comparator's business: it judges it against the
+case's rounding noise (its envelope band, or its C++ floor).
 """
 from __future__ import annotations
 
@@ -16,7 +22,6 @@ from ..fitter import Fitter
 from ..golden import GoldenCase
 from ..keys import kind_of, pass_of
 from ..trace import Feeding
-from .noise import envelope
 from .propagated import case_parameters
 
 F32 = np.float32
@@ -55,47 +60,70 @@ def _replay(case: GoldenCase, fitter: Fitter, start_pass: int,
 
 def _first_mean_shift_diff(cand: dict[str, np.ndarray], base: dict[str, np.ndarray],
                            stage_key: str) -> float:
-    """Change of the first image-frame mean-shifts computed after ``stage_key``.
+    """Change of the first image-frame mean-shifts after ``stage_key`` that it changes at all.
 
-    The direct effect of the stage: later iterations also carry the drift of
-    the trajectory, which is the landmark impact's business.
+    The direct effect of the stage: later iterations also carry the drift of the
+    trajectory, which is the landmark impact's business. A stage read only by the
+    update (the NU-RLMS weights) reaches the mean-shifts of the next iteration, not
+    those computed just after it, hence the first that differs.
     """
     keys = list(base)
     start = keys.index(stage_key) if stage_key in base else 0
     for k in keys[start:]:
         if k.endswith("/mean_shifts") and k in cand:
-            return float(np.linalg.norm(cand[k] - base[k], axis=-1).max())
+            d = float(np.linalg.norm(cand[k] - base[k], axis=-1).max())
+            if d != 0:
+                return d
     return 0.0
 
 
-def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,
-           fitter: Fitter) -> dict[str, float]:
-    """Effect of the candidate's ``stage_key`` on the mean-shifts and final landmarks.
+def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_keys: str | tuple[str, ...],
+           fitter: Fitter, baselines: dict | None = None) -> dict[str, float]:
+    """Effect of the candidate's ``stage_keys`` on the mean-shifts and final landmarks.
+
+    Parameters
+    ----------
+    case : GoldenCase
+    candidate : dict
+        The candidate trace.
+    stage_keys : str or tuple of str
+        The stages swapped in (a tuple: all together, replayed from the first's pass).
+    fitter : Fitter
+        clnfdiag's own CLNF.
+    baselines : dict, optional
+        Cache of baseline replays ``{(case path, start pass): (landmarks, trace)}``
+        shared by the calls of one case.
 
     Returns
     -------
     dict
         ``mean_shifts_max_px``: largest change of the first image-frame
-        mean-shifts computed after the stage; ``landmarks_max_px``: largest change of a
-        final landmark (main model, before any hierarchical refinement);
-        ``noise_band_px``: how far the same replay moves under rounding alone
-        (:func:`clnfdiag.compare.noise.envelope`), the move a change must exceed to count.
+        mean-shifts computed after the first stage; ``landmarks_max_px``: largest
+        change of a final landmark (main model, before any hierarchical refinement).
     """
-    if stage_key == "final/landmarks":
-        d = np.linalg.norm(candidate[stage_key] - case.stage(stage_key), axis=-1).max()
+    keys = (stage_keys,) if isinstance(stage_keys, str) else tuple(stage_keys)
+    keys = tuple(k for k in keys if k in candidate)
+    none = {"mean_shifts_max_px": 0.0, "landmarks_max_px": 0.0}
+    if not keys:
+        return none
+    first = keys[0]
+    if first == "final/landmarks":
+        d = np.linalg.norm(candidate[first] - case.stage(first), axis=-1).max()
         return {"mean_shifts_max_px": 0.0, "landmarks_max_px": float(d)}
-    if stage_key.startswith("hierarchical/"):
-        return _hierarchical_impact(case, candidate, stage_key, fitter)
-    if _terminal(stage_key) or stage_key not in candidate:
-        return {"mean_shifts_max_px": 0.0, "landmarks_max_px": 0.0}
-    start = pass_of(stage_key) or 0
-    # Both replays carry the stage: the golden's value, then the candidate's, so the
-    # only difference between them is that stage's difference.
-    base_lm, base_tr = _replay(case, fitter, start, {stage_key: case.stage(stage_key)})
-    cand_lm, cand_tr = _replay(case, fitter, start, {stage_key: np.asarray(candidate[stage_key])})
-    return {"mean_shifts_max_px": _first_mean_shift_diff(cand_tr, base_tr, stage_key),
-            "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max()),
-            "noise_band_px": envelope(case, fitter).band_px}
+    if first.startswith("hierarchical/"):
+        return _hierarchical_impact(case, candidate, first, fitter)
+    keys = tuple(k for k in keys if not _terminal(k) and not k.startswith("hierarchical/"))
+    if not keys:
+        return none
+    start = pass_of(keys[0]) or 0
+    cache = baselines if baselines is not None else {}
+    slot = (str(case.path), start)
+    if slot not in cache:
+        cache[slot] = _replay(case, fitter, start, {})
+    base_lm, base_tr = cache[slot]
+    cand_lm, cand_tr = _replay(case, fitter, start, {k: np.asarray(candidate[k]) for k in keys})
+    return {"mean_shifts_max_px": _first_mean_shift_diff(cand_tr, base_tr, keys[0]),
+            "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max())}
 
 
 def _hierarchical_impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,

@@ -7,17 +7,26 @@ fixed-point warp and the KDE grid into tenths of a pixel. A landmark move is
 therefore only meaningful beyond the move that rounding alone causes on that
 very case.
 
-**Perturbation model.** The golden's fit is replayed from its own start
-(:func:`clnfdiag.clnf.loop.fit_passes`, main model) ``K`` times; in each replay
-every nonzero value of every pass's post-shift response maps and every
-parameter update is moved by one unit in the last place, up or down at random
-(seeded). These are the two places where the C++'s own builds differ (the
-patch-expert products and Cholesky, the NU-RLMS Hessian sums: CLNF-NOTES
-§3–5), by one or a few ulps on a fraction of the values; one ulp on every
-value is the same size of difference, applied everywhere. The **band** is the
-largest distance of a final landmark from the unperturbed replay over the K
-runs. It is a measured lower bound of the case's rounding noise (more runs can
-only widen it).
+**Perturbation model.** The golden's fit is replayed from its own image and box
+(:meth:`clnfdiag.fitter.Fitter.fit_gray` with the manifest's parameters, part
+models included) ``K`` times; in each replay every nonzero value of every
+post-shift response map and every parameter update is moved by ``k`` units in
+the last place, ``k`` drawn from 1..:data:`MAX_ULPS` and the direction at random
+(seeded). These are the two places where the C++'s own builds differ: the
+patch-expert and Sigma products, the Cholesky solve and the NU-RLMS Hessian
+sums (CLNF-NOTES §3–5), which other BLAS kernels sum in other orders. Two
+orders of an n-term sum of same-sign terms differ by about sqrt(n)/4 ulps of
+the result (each partial sum rounds by up to half an ulp, at random: a random
+walk of n steps of standard deviation 1/(2·sqrt(3)) ulp, relative to partial
+sums that average half the result); OpenFace's sums run over the 7x7 to 15x15
+map values (n = 49..225: 1.75..3.75 ulps) and the 136 rows of the Jacobian
+(2.9 ulps), hence 1..3 ulps, applied to every value. Every traced stage is
+recorded, so the envelope holds a band per stage (its largest difference from
+the unperturbed fit over the K runs, in the comparator's unit for that stage)
+and the **band** of the final landmarks (largest distance of a final landmark).
+It is a measured lower bound of the case's rounding noise (more runs can only
+widen it). The unperturbed fit is clnfdiag's own, which is the golden bit for
+bit, so the bands are spreads around the golden itself.
 
 Envelopes depend only on the golden case (its bytes), the model and the code
 version, so they are cached under ``$XDG_CACHE_HOME/clnfdiag/noise`` (default
@@ -28,86 +37,109 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..clnf.loop import NO_HOOK, fit_passes
-from ..clnf.protocol import StageHook, Where
 from ..fitter import Fitter
 from ..golden import GoldenCase
+from ..trace import Recorder
+from .metrics import family
 from .propagated import case_parameters
+from .struct import Envelope
 
 F32 = np.float32
 
-#: Replays per envelope. A flip (a landmark crossing a warp or KDE grid boundary) is a
-#: rare event on a well-constrained face, and the band is the largest move seen, so
-#: the sample must be large enough to meet events of a few percent: with 64 runs an
-#: event of probability 5 % is missed with probability 0.95**64 < 4 %.
+#: Replays per envelope (``compare --noise-runs``). A flip (a landmark crossing a warp or
+#: KDE grid boundary) is a rare event on a well-constrained face, and the band is the
+#: largest move seen, so the sample must be large enough to meet events of a few percent:
+#: with 64 runs an event of probability 5 % is missed with probability 0.95**64 < 4 %.
 DEFAULT_RUNS = 64
 #: Seed of the first replay; replay ``i`` uses ``SEED + i``.
 SEED = 20261130
 #: Stage kinds perturbed (see the module docstring).
 PERTURBED_KINDS = ("response", "param_update")
+#: Largest perturbation, in ulps: the typical difference of two summation orders of OpenFace's
+#: longest sums (sqrt(n)/4 for n up to 225 map values or 136 Jacobian rows, module docstring).
+MAX_ULPS = 3
 #: Bumped whenever the perturbation model or the fit changes what an envelope measures.
-MODEL_VERSION = "noise-1"
+MODEL_VERSION = "noise-3"
+#: The key of the final landmarks (the band).
+_FINAL = "final/landmarks"
 
 
-@dataclass(frozen=True)
-class Envelope:
-    """A case's measured rounding noise.
+class _Perturb(Recorder):
+    """Recorder moving every nonzero value of the perturbed stages by 1..MAX_ULPS ulps, up or
+    down at random, and recording what the fit goes on with."""
 
-    Attributes
-    ----------
-    band_px : float
-        Largest final-landmark distance from the unperturbed replay over the runs (px).
-    runs : int
-    per_run_px : tuple[float, ...]
-    """
-
-    band_px: float
-    runs: int
-    per_run_px: tuple[float, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"band_px": self.band_px, "runs": self.runs, "per_run_px": list(self.per_run_px),
-                "version": MODEL_VERSION}
-
-
-class _Perturb(StageHook):
-    """Hook moving every nonzero value of the perturbed stages by one ulp, up or down at random."""
-
-    enabled = True
-
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, prefix: str = "", stages: dict | None = None):
+        super().__init__(prefix, stages)
         self.rng = rng
 
-    def stage(self, where: Where, value: Any, dtype: Any = None) -> Any:
-        if where.name not in PERTURBED_KINDS:
-            return value
-        v = np.asarray(value, dtype=F32)
-        up = self.rng.random(v.shape) < 0.5
-        moved = np.where(up, np.nextafter(v, F32(np.inf)), np.nextafter(v, F32(-np.inf)))
-        return np.where(v != 0, moved, v).astype(F32)
+    def scoped(self, prefix: str) -> "_Perturb":
+        return _Perturb(self.rng, self.prefix + prefix, self.stages)
+
+    def stage(self, where, value: Any, dtype: Any = None) -> Any:
+        if where.name in PERTURBED_KINDS:
+            v = np.asarray(value, dtype=F32)
+            target = np.where(self.rng.random(v.shape) < 0.5, F32(np.inf), F32(-np.inf))
+            steps = self.rng.integers(1, MAX_ULPS + 1, v.shape)
+            moved = v
+            for step in range(MAX_ULPS):
+                moved = np.where(steps > step, np.nextafter(moved, target), moved)
+            value = np.where(v != 0, moved, v).astype(F32)
+        return super().stage(where, value, dtype)
 
 
-def _replay_landmarks(case: GoldenCase, fitter: Fitter, hook) -> np.ndarray:
-    gray = case.stage("input/gray").astype(F32)
-    out = fit_passes(fitter.main, gray, case.stage("init/params_global"),
-                     case.stage("init/params_local"), case_parameters(case), hook)
-    return fitter.main.shape_2d(out.params_local, out.params_global)
+def stage_spread(key: str, a: np.ndarray, b: np.ndarray) -> float:
+    """Largest difference of two values of one stage, in the comparator's ``max_abs`` unit.
+
+    Points (``(n, 2)`` positions and displacements): largest Euclidean distance
+    per landmark (px); everything else: largest elementwise difference. Shapes
+    that differ (a run whose iteration ended otherwise) give ``inf``.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    d = np.abs(a - b)
+    if family(key.rsplit("/", 1)[-1], a.shape) == "points":
+        return float(np.sqrt(np.square(d).sum(axis=1)).max())
+    return float(d.max())
+
+
+def _fit(case: GoldenCase, fitter: Fitter, hook: Recorder) -> dict[str, np.ndarray]:
+    gray = case.stage("input/gray")
+    fitter.fit_gray(gray, case.bbox, case_parameters(case), hook)
+    return hook.stages
 
 
 def measure(case: GoldenCase, fitter: Fitter, runs: int = DEFAULT_RUNS) -> Envelope:
-    """The case's envelope from ``runs`` perturbed replays (no cache)."""
-    base = _replay_landmarks(case, fitter, NO_HOOK)
-    per_run = []
+    """The case's envelope from ``runs`` perturbed fits (no cache).
+
+    Parameters
+    ----------
+    case : GoldenCase
+    fitter : Fitter
+        clnfdiag's own CLNF (the unperturbed fit reproduces the golden).
+    runs : int
+        K, the perturbed fits (>= 1).
+    """
+    base = _fit(case, fitter, Recorder())
+    bands: dict[str, float] = {}
+    per_run: list[float] = []
+    lm_band = np.zeros(len(base[_FINAL]), np.float64)
     for i in range(runs):
-        lm = _replay_landmarks(case, fitter, _Perturb(np.random.default_rng(SEED + i)))
-        per_run.append(float(np.linalg.norm(lm - base, axis=-1).max()))
-    return Envelope(max(per_run, default=0.0), runs, tuple(per_run))
+        trace = _fit(case, fitter, _Perturb(np.random.default_rng(SEED + i)))
+        for key, value in trace.items():
+            if key in base:
+                bands[key] = max(bands.get(key, 0.0), stage_spread(key, base[key], value))
+        moved = np.linalg.norm(trace[_FINAL].astype(np.float64) - base[_FINAL], axis=-1)
+        lm_band = np.maximum(lm_band, moved)
+        per_run.append(float(moved.max()))
+    return Envelope(max(per_run, default=0.0), runs, tuple(per_run), tuple(lm_band.tolist()), bands)
 
 
 def cache_dir() -> Path:
@@ -131,14 +163,15 @@ def envelope(case: GoldenCase, fitter: Fitter, runs: int = DEFAULT_RUNS) -> Enve
     """
     path = cache_dir() / f"{_cache_key(case, runs)}.json"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Envelope(float(data["band_px"]), int(data["runs"]), tuple(data["per_run_px"]))
+        return Envelope.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     env = measure(case, fitter, runs)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        # inf (a stage whose shape changed in some run) is kept as JSON's Infinity on purpose:
+        # the cache is ours, read back by json.loads.
         tmp.write_text(json.dumps(env.to_json()), encoding="utf-8")
         tmp.replace(path)
     except OSError:
@@ -146,4 +179,5 @@ def envelope(case: GoldenCase, fitter: Fitter, runs: int = DEFAULT_RUNS) -> Enve
     return env
 
 
-__all__ = ["Envelope", "envelope", "measure", "cache_dir", "DEFAULT_RUNS", "PERTURBED_KINDS"]
+__all__ = ["Envelope", "envelope", "measure", "stage_spread", "cache_dir", "DEFAULT_RUNS",
+           "PERTURBED_KINDS"]

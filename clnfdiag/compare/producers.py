@@ -4,7 +4,10 @@
   fits the golden case in isolated mode (:mod:`.isolated`) or propagated mode
   (:mod:`.propagated`), and replays a diverging stage for its impact (:mod:`.impact`);
 * :class:`CandidateTraces` — traces another implementation already wrote in the
-  golden format (``--candidate``).
+  golden format (``--candidate``);
+* :class:`Replays` — what every comparison asks of clnfdiag's own fit whatever
+  produced the candidate: impact replays (:mod:`.impact`), the case's noise
+  envelope (:mod:`.noise`) and known-fault signatures.
 
 A producer is a callable ``(golden_case, mode) -> {key: array}``; the comparator
 (:func:`clnfdiag.compare.comparator.run`) only calls it.
@@ -17,13 +20,15 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 
 from ..errors import InputError
-from ..faults import parse_faults
+from ..faults import FAULTS, parse_faults
 from ..fitter import Fitter
 from ..golden import MANIFEST, GoldenCase, find_cases, read_case
 from ..ports import load_port, port_trace
 from .impact import impact
 from .isolated import isolated_trace
+from .noise import DEFAULT_RUNS, envelope, stage_spread
 from .propagated import propagated_trace
+from .struct import Envelope
 
 #: The trace producer of each mode.
 PRODUCERS = {"isolated": isolated_trace, "propagated": propagated_trace}
@@ -88,6 +93,97 @@ class CandidateTraces:
         return trace
 
 
+#: A candidate matches a known fault at a stage when it is at least this many times closer to
+#: the fault's value (clnfdiag's fit with the fault injected, same golden inputs) than to the
+#: golden's: an order of magnitude, so that a port that merely rounds differently from both
+#: is not named after a fault.
+SIGNATURE_RATIO = 10.0
+
+
+class Replays:
+    """clnfdiag's own fit, for what a comparison asks of it: impact replays, noise envelopes,
+    known-fault signatures. Whatever produced the candidate (clnfdiag, a port, written traces),
+    these always run clnfdiag's CLNF, which reproduces the goldens bit for bit.
+
+    The fitter is loaded on first use, once per process; pickling drops it and the caches.
+
+    Parameters
+    ----------
+    models : path, optional
+        Model folder.
+    noise_runs : int
+        K of the noise envelopes (``--noise-runs``).
+    fitter : Fitter, optional
+        An already loaded fitter to use.
+    """
+
+    def __init__(self, models: str | Path | None = None, noise_runs: int = DEFAULT_RUNS,
+                 fitter: Any = None):
+        self.models = models
+        self.noise_runs = noise_runs
+        self._fitter = fitter
+        self._baselines: dict = {}
+        self._fault_traces: dict = {}
+
+    @property
+    def fitter(self) -> Any:
+        if self._fitter is None:
+            self._fitter = Fitter(models=self.models)
+        return self._fitter
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_fitter"], state["_baselines"], state["_fault_traces"] = None, {}, {}
+        return state
+
+    def _for_case(self, case: GoldenCase) -> None:
+        """Keep the per-case caches of one case only (a run goes case by case)."""
+        path = str(case.path)
+        if any(slot[0] != path for slot in self._baselines):
+            self._baselines.clear()
+        if any(slot[0] != path for slot in self._fault_traces):
+            self._fault_traces.clear()
+
+    def impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray],
+               stage_keys: str | tuple[str, ...]) -> Mapping[str, float]:
+        """The candidate's ``stage_keys`` replayed through clnfdiag's fit (:func:`~.impact.impact`)."""
+        self._for_case(case)
+        return impact(case, dict(candidate), stage_keys, self.fitter, self._baselines)
+
+    def envelope(self, case: GoldenCase) -> Envelope:
+        """The case's noise envelope (cached on disk by content, :func:`~.noise.envelope`)."""
+        return envelope(case, self.fitter, self.noise_runs)
+
+    def signature(self, case: GoldenCase, candidate: Mapping[str, np.ndarray], stage_key: str) -> str | None:
+        """The known fault whose value of ``stage_key`` the candidate's matches, or None.
+
+        Each fault that corrupts the stage's kind first (:attr:`Fault.stage`) is
+        injected into clnfdiag's isolated recomputation of the case (same golden
+        inputs); the candidate matches it when it is :data:`SIGNATURE_RATIO` times
+        closer to that value than to the golden's.
+        """
+        self._for_case(case)
+        if stage_key not in candidate or not case.has(stage_key):
+            return None
+        kind = stage_key.rsplit("/", 1)[-1]
+        cand = np.asarray(candidate[stage_key])
+        to_golden = stage_spread(stage_key, cand, case.stage(stage_key))
+        best, best_d = None, np.inf
+        for name, fault in FAULTS.items():
+            if fault.stage != kind:
+                continue
+            slot = (str(case.path), name)
+            if slot not in self._fault_traces:
+                self._fault_traces[slot] = isolated_trace(case, self.fitter, frozenset({name}))
+            value = self._fault_traces[slot].get(stage_key)
+            if value is None:
+                continue
+            d = stage_spread(stage_key, cand, value)
+            if d * SIGNATURE_RATIO <= to_golden and d < best_d:
+                best, best_d = name, d
+        return best
+
+
 class FitProducer:
     """Producer fitting with this project's :class:`~clnfdiag.fitter.Fitter`, or with a port.
 
@@ -104,22 +200,27 @@ class FitProducer:
         A port adapter (``--port`` spec, see :mod:`clnfdiag.ports`): its stages
         run in the fit loop instead of clnfdiag's, and its trace keeps the stages
         it produces. Impact replays always use clnfdiag's own CLNF.
+    noise_runs : int
+        K of the noise envelopes.
+
+    Attributes
+    ----------
+    replays : Replays
+        clnfdiag's own fit for impacts, envelopes and signatures (shares the fitter).
     """
 
     def __init__(self, models: str | Path | None = None, faults: Iterable[str] = (),
-                 port: str | None = None):
+                 port: str | None = None, noise_runs: int = DEFAULT_RUNS):
         self.models = models
         self.faults = parse_faults(list(faults))
         self.port = port
-        self._fitter: Any = None
+        self.replays = Replays(models, noise_runs)
         self._port_fitter: Any = None
 
     @property
     def fitter(self) -> Any:
         """The loaded Fitter (clnfdiag's own CLNF)."""
-        if self._fitter is None:
-            self._fitter = Fitter(models=self.models)
-        return self._fitter
+        return self.replays.fitter
 
     @property
     def candidate_fitter(self) -> Any:
@@ -132,16 +233,12 @@ class FitProducer:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_fitter"] = state["_port_fitter"] = None
+        state["_port_fitter"] = None
         return state
 
     def __call__(self, case: GoldenCase, mode: str) -> Mapping[str, np.ndarray]:
         fitter = self.candidate_fitter
         return port_trace(PRODUCERS[mode](case, fitter, self.faults), fitter.main)
 
-    def impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray], stage_key: str) -> Mapping[str, float]:
-        """The candidate's ``stage_key`` replayed through clnfdiag's fit (:func:`~.impact.impact`)."""
-        return impact(case, candidate, stage_key, self.fitter)
 
-
-__all__ = ["PRODUCERS", "FitProducer", "CandidateTraces"]
+__all__ = ["PRODUCERS", "FitProducer", "CandidateTraces", "Replays", "SIGNATURE_RATIO"]

@@ -13,9 +13,14 @@ read writes the same JSON)::
      "impact": {"mean_shifts_max_px": float, "landmarks_max_px": float} or null,
      "observed": {"mean_shifts_max_px": float or null, "landmarks_max_px": float or null},
      "landmark_tolerance_px": float, "noise_floor_px": float or null,
+     "noise_floor_source": "envelope (K=64)" | path of a CPP_FLOOR.json | null, "cpp_floor_px": float or null,
+     "landmark_band_px": [float, ...], "outcome": "identical" | "within_noise" | "beyond_noise",
+     "causes": [{"stage_kind", "first_stage", "landmarks_impact_px", "mean_shifts_impact_px",
+                 "known_fault", "beyond_noise"}, ...]   (sorted by impact, largest first),
      "missing_keys": [key, ...], "extra_keys": [key, ...], "n_extra_keys": int, "wall_time_s": float,
      "stages": [{"stage", "kind", "family", "shape", "max_abs", "rms", "max_rel", "ratio", "atol", "rtol",
                  "within_tolerance", "reaches_landmarks", "worst_landmarks": [int, ...],
+                 "outcome", "noise_floor_px" (the stage's envelope band or null),
                  "n_beyond", "note", ... per-landmark lists for stages beyond tolerance}],
      "convergence": [{"pass", "phase", "iteration", "shape_change_norm_golden", ...}]}
 
@@ -88,6 +93,59 @@ def _from_list(values: list | None) -> np.ndarray | None:
     return np.array([math.nan if v is None else v for v in values], dtype=np.float64)
 
 
+#: Outcomes of a stage or a case, in order of severity.
+IDENTICAL = "identical"
+WITHIN_NOISE = "within_noise"
+BEYOND_NOISE = "beyond_noise"
+OUTCOMES = (IDENTICAL, WITHIN_NOISE, BEYOND_NOISE)
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A golden case's measured rounding noise: how far its fit spreads under ulp perturbations.
+
+    Measured by :func:`clnfdiag.compare.noise.measure` (the perturbation model is
+    documented there); the comparator only reads it.
+
+    Attributes
+    ----------
+    band_px : float
+        Largest final-landmark distance from the unperturbed fit over the runs (px).
+    runs : int
+        Perturbed fits measured (K).
+    per_run_px : tuple[float, ...]
+        Each run's largest final-landmark move (px).
+    landmark_band_px : tuple[float, ...]
+        (n,) largest move of each final landmark over the runs (px).
+    stage_bands : dict[str, float]
+        Largest difference of each traced stage over the runs, in the unit the
+        comparator's ``max_abs`` uses for that stage (points: Euclidean px per
+        landmark; maps, vectors, scalars: elementwise). A stage that some runs
+        never reached is measured over the runs that did.
+    """
+
+    band_px: float
+    runs: int
+    per_run_px: tuple[float, ...] = ()
+    landmark_band_px: tuple[float, ...] = ()
+    stage_bands: dict = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def source(self) -> str:
+        """``envelope (K=64)``: what ``noise_floor_source`` says of a floor taken from it."""
+        return f"envelope (K={self.runs})"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"band_px": self.band_px, "runs": self.runs, "per_run_px": list(self.per_run_px),
+                "landmark_band_px": list(self.landmark_band_px), "stage_bands": dict(self.stage_bands)}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Envelope":
+        return cls(float(d["band_px"]), int(d["runs"]), tuple(float(v) for v in d.get("per_run_px", ())),
+                   tuple(float(v) for v in d.get("landmark_band_px", ())),
+                   {str(k): float(v) for k, v in d.get("stage_bands", {}).items()})
+
+
 @dataclass
 class StageResult:
     """Comparison of one stage key.
@@ -130,6 +188,14 @@ class StageResult:
         The impact function's answer for this stage.
     note : str
         Why a stage could not be compared value by value (shape mismatch).
+    noise_band_px : float or None
+        Propagated mode: the stage's band in the case's noise envelope (the
+        spread rounding alone gives it, in ``max_abs``'s unit), which raised its
+        atol; None when no envelope band judged it.
+    outcome : str
+        ``identical`` (every value equal), ``within_noise`` (within tolerance:
+        rounding level in isolated mode, the envelope in propagated mode) or
+        ``beyond_noise``.
     peak_golden ... rel_per_landmark : numpy.ndarray or None
         Map stages: per-landmark arrays (NaN for invisible landmarks), see
         :data:`MAP_FIELDS`.
@@ -156,6 +222,8 @@ class StageResult:
     reaches_landmarks: bool | None = None
     impact: dict | None = None
     note: str = ""
+    noise_band_px: float | None = None
+    outcome: str = IDENTICAL
     peak_golden: np.ndarray | None = field(default=None, repr=False)
     peak_candidate: np.ndarray | None = field(default=None, repr=False)
     peak_ratio: np.ndarray | None = field(default=None, repr=False)
@@ -164,6 +232,15 @@ class StageResult:
     max_abs_per_landmark: np.ndarray | None = field(default=None, repr=False)
     rel_per_landmark: np.ndarray | None = field(default=None, repr=False)
     error_px: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def max_abs_landmark(self) -> int | None:
+        """The landmark where ``max_abs`` occurs (maps and points; None for other stages)."""
+        per = self.error_px if self.error_px is not None else self.max_abs_per_landmark
+        if per is None or not np.size(per):
+            return None
+        a = np.where(np.isnan(per), -np.inf, np.asarray(per, np.float64))
+        return int(np.argmax(a))
 
     def per_landmark(self) -> dict[str, np.ndarray]:
         """The per-landmark arrays this stage carries, by name."""
@@ -187,6 +264,8 @@ class StageResult:
             "reaches_landmarks": self.reaches_landmarks,
             "worst_landmarks": [int(i) for i in self.worst_landmarks],
             "n_beyond": int(self.n_beyond),
+            "outcome": self.outcome,
+            "noise_floor_px": json_number(self.noise_band_px),
         }
         if self.note:
             out["note"] = self.note
@@ -212,12 +291,65 @@ class StageResult:
                   within_tolerance=bool(d["within_tolerance"]), n_beyond=int(d["n_beyond"]),
                   worst_landmarks=[int(i) for i in d.get("worst_landmarks", [])],
                   reaches_landmarks=d.get("reaches_landmarks"), note=d.get("note", ""),
+                  noise_band_px=None if d.get("noise_floor_px") is None else float(d["noise_floor_px"]),
+                  outcome=d.get("outcome", IDENTICAL),
                   impact=None if d.get("impact") is None else
                   {k: _from_number(v, math.nan) for k, v in d["impact"].items()})
         for name in list(MAP_FIELDS) + list(POINT_FIELDS):
             if name in d:
                 setattr(res, name, _from_list(d[name]))
         return res
+
+
+@dataclass
+class Cause:
+    """One stage kind beyond tolerance, with the effect of swapping in the candidate's values.
+
+    Attributes
+    ----------
+    stage_kind : str
+        The kind (``mean_shifts_ref``); a part model's is ``<part>/<kind>``.
+    first_stage : str
+        Its first stage beyond tolerance.
+    landmarks_impact_px : float or None
+        Largest final-landmark move when the candidate's values of this kind
+        (isolated mode: every stage of the kind from the first one on;
+        propagated mode: the first one alone) replace clnfdiag's in a replay of
+        the golden's fit; None when it could not be replayed.
+    mean_shifts_impact_px : float or None
+        Largest change of the first image-frame mean-shifts after it.
+    known_fault : str or None
+        The known fault (:data:`clnfdiag.faults.FAULTS`) whose value of this
+        stage the candidate's matches, if any.
+    beyond_noise : bool or None
+        The landmark move exceeds the case's rounding noise (None: not replayed).
+    """
+
+    stage_kind: str
+    first_stage: str
+    landmarks_impact_px: float | None = None
+    mean_shifts_impact_px: float | None = None
+    known_fault: str | None = None
+    beyond_noise: bool | None = None
+
+    def to_json(self) -> dict:
+        return {"stage_kind": self.stage_kind, "first_stage": self.first_stage,
+                "landmarks_impact_px": json_number(self.landmarks_impact_px),
+                "mean_shifts_impact_px": json_number(self.mean_shifts_impact_px),
+                "known_fault": self.known_fault, "beyond_noise": self.beyond_noise}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Cause":
+        def num(v):
+            return None if v is None else float(v)
+        return cls(d["stage_kind"], d["first_stage"], num(d.get("landmarks_impact_px")),
+                   num(d.get("mean_shifts_impact_px")), d.get("known_fault"), d.get("beyond_noise"))
+
+    def line(self) -> str:
+        """``mean_shifts_ref (pass0/rigid/iter00/mean_shifts_ref): landmarks 0.41 px, mean-shifts 0.02 px [no-kde-grid]``."""
+        fault = f" [known fault: {self.known_fault}]" if self.known_fault else ""
+        return (f"{self.stage_kind} ({self.first_stage}): landmarks {fmt_number(self.landmarks_impact_px)} px, "
+                f"mean-shifts {fmt_number(self.mean_shifts_impact_px)} px{fault}")
 
 
 @dataclass
@@ -238,6 +370,9 @@ class ConvergenceRow:
         RMS over landmarks of |candidate - golden mean-shift|, px.
     landmark_rms_diff : float or None
         RMS over landmarks of |candidate - golden ``iterKK/shape``|, px.
+    landmark_band_px, mean_shift_band_px : float or None
+        The case's noise envelope at this iteration: largest spread of
+        ``iterKK/shape`` and ``iterKK/mean_shifts`` under rounding, px.
     """
 
     pass_index: int
@@ -251,13 +386,15 @@ class ConvergenceRow:
     mean_shift_rms_candidate: float | None = None
     mean_shift_rms_diff: float | None = None
     landmark_rms_diff: float | None = None
+    landmark_band_px: float | None = None
+    mean_shift_band_px: float | None = None
 
     def to_json(self) -> dict:
         """JSON-ready dict; key ``pass`` for the pass index."""
         out: dict[str, Any] = {"pass": self.pass_index, "phase": self.phase, "iteration": self.iteration}
         for name in ("shape_change_norm_golden", "shape_change_norm_candidate", "dp_norm_golden",
                      "dp_norm_candidate", "mean_shift_rms_golden", "mean_shift_rms_candidate",
-                     "mean_shift_rms_diff", "landmark_rms_diff"):
+                     "mean_shift_rms_diff", "landmark_rms_diff", "landmark_band_px", "mean_shift_band_px"):
             out[name] = json_number(getattr(self, name))
         return out
 
@@ -303,7 +440,21 @@ class CaseComparison:
     landmark_tolerance_px : float
         Allowed final-landmark error (with the noise floor in propagated mode).
     noise_floor_px : float or None
-        The case's C++ noise floor (CPP_FLOOR.json) when one was found.
+        The case's rounding noise on the final landmarks, px: the larger of its
+        measured envelope band and its C++ noise floor (``CPP_FLOOR.json``);
+        None when neither is known.
+    noise_floor_source : str or None
+        Where ``noise_floor_px`` comes from: ``envelope (K=64)`` or the floor file.
+    cpp_floor_px : float or None
+        The C++ noise floor from ``CPP_FLOOR.json`` (a lower bound), when a file names the case.
+    landmark_band_px : list of float
+        Per final landmark, the envelope's band (empty without an envelope).
+    outcome : str
+        ``identical``, ``within_noise`` or ``beyond_noise`` (the verdict with the
+        bit-identical case told apart).
+    causes : list of Cause
+        Stage kinds beyond tolerance ranked by their replayed landmark impact
+        ("fix these first"); empty when none is beyond or causes were not asked for.
     golden_path : str
         The golden case folder.
     wall_time_s : float
@@ -326,6 +477,11 @@ class CaseComparison:
     convergence: list[ConvergenceRow] = field(default_factory=list)
     landmark_tolerance_px: float = 0.01
     noise_floor_px: float | None = None
+    noise_floor_source: str | None = None
+    cpp_floor_px: float | None = None
+    landmark_band_px: list[float] = field(default_factory=list, repr=False)
+    outcome: str = IDENTICAL
+    causes: list[Cause] = field(default_factory=list)
     golden_path: str = ""
     wall_time_s: float = 0.0
     kept: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
@@ -377,6 +533,11 @@ class CaseComparison:
             "observed": {k: json_number(v) for k, v in self.observed.items()},
             "landmark_tolerance_px": json_number(self.landmark_tolerance_px),
             "noise_floor_px": json_number(self.noise_floor_px),
+            "noise_floor_source": self.noise_floor_source,
+            "cpp_floor_px": json_number(self.cpp_floor_px),
+            "landmark_band_px": [json_number(v) for v in self.landmark_band_px],
+            "outcome": self.outcome,
+            "causes": [c.to_json() for c in self.causes],
             "golden_path": self.golden_path,
             "missing_keys": list(self.missing_keys),
             "extra_keys": list(self.extra_keys),
@@ -406,6 +567,11 @@ class CaseComparison:
             convergence=[ConvergenceRow.from_json(r) for r in d.get("convergence", [])],
             landmark_tolerance_px=_from_number(d.get("landmark_tolerance_px")),
             noise_floor_px=None if d.get("noise_floor_px") is None else float(d["noise_floor_px"]),
+            noise_floor_source=d.get("noise_floor_source"),
+            cpp_floor_px=None if d.get("cpp_floor_px") is None else float(d["cpp_floor_px"]),
+            landmark_band_px=[_from_number(v, math.nan) for v in d.get("landmark_band_px", [])],
+            outcome=d.get("outcome", IDENTICAL),
+            causes=[Cause.from_json(c) for c in d.get("causes", [])],
             golden_path=d.get("golden_path", ""), wall_time_s=float(d.get("wall_time_s", 0.0)))
 
 

@@ -8,6 +8,7 @@ from that JSON: the JSON is the single source of truth, so
 Output folder::
 
     summary.json         the comparator JSON ({"cases": [...], "summary": {...}})
+    causes.csv           one row per (case, mode, rank): the ranked causes ("fix these first")
     magnitude.csv        one row per (case, mode, pass, landmark): response-map magnitudes
     convergence.csv      one row per (case, mode, pass, phase, iteration)
     <case>/*.png         the plots of each case
@@ -50,6 +51,7 @@ ARRAYS_FILE = "report_arrays.npz"
 SUMMARY_FILE = "summary.json"
 MAGNITUDE_FILE = "magnitude.csv"
 CONVERGENCE_FILE = "convergence.csv"
+CAUSES_FILE = "causes.csv"
 INDEX_FILE = "index.html"
 #: What a report folder is called when an existing folder is refused.
 REPORT_WHAT = "a clnfdiag report"
@@ -160,7 +162,7 @@ def _build(out: Path, summary: dict, golden_cases: Any, candidate_maps: Any,
     """Every file of the report into ``out`` (see :func:`write_report`)."""
     from . import html as _html
     from . import plots as _plots
-    from .tables import case_views, convergence_table, dump_json, magnitude_table
+    from .tables import case_views, causes_table, convergence_table, dump_json, magnitude_table
 
     views = case_views(summary)
     store: dict[str, np.ndarray] = {}
@@ -183,6 +185,7 @@ def _build(out: Path, summary: dict, golden_cases: Any, candidate_maps: Any,
         mag = magnitude_table(views)
         mag.to_csv(out / MAGNITUDE_FILE, index=False)
         convergence_table(views).to_csv(out / CONVERGENCE_FILE, index=False)
+        causes_table(views).to_csv(out / CAUSES_FILE, index=False)
         if store:
             np.savez_compressed(out / ARRAYS_FILE, **store)
         figures = dict(zip((v.slug for v, _ in jobs), plotter.results()))
@@ -293,4 +296,4 @@ def rebuild_report(summary_json: str | Path, out_dir: str | Path | None = None, 
 
 
 __all__ = ["keep_for_report", "write_report", "rebuild_report", "default_out_dir", "is_report_folder", "ARRAYS_FILE", "SUMMARY_FILE",
-           "INDEX_FILE", "REPORT_WHAT"]
+           "INDEX_FILE", "CAUSES_FILE", "REPORT_WHAT"]

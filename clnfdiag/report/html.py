@@ -20,7 +20,8 @@ import pandas as pd
 
 from . import INDEX_FILE
 from ..keys import kind_of
-from .tables import CaseView, fmt
+from .tables import (BEYOND_NOISE, IDENTICAL, OUTCOME_LABELS, OUTCOMES, WITHIN_NOISE, CaseView, fmt,
+                     stage_band, stage_outcome)
 
 #: Columns of the per-landmark table on the page (all of them are in magnitude.csv).
 PAGE_COLUMNS: list[tuple[str, str, str]] = [
@@ -54,6 +55,9 @@ PLOTS = [
 
 #: Rows of the stage table shown per case (the rest is in summary.json).
 MAX_STAGE_ROWS = 40
+#: Causes per comparison in the "Fix these first" section at the top (all of them on the case's
+#: own section and in causes.csv).
+TOP_CAUSES = 5
 
 #: Largest single-page report (bytes of index.html with the PNGs embedded); a larger
 #: report gets one page per comparison instead (a browser opens a 4 MB page in about a second).
@@ -65,7 +69,7 @@ ImageSource = Callable[[str, bytes], str]
 CaseLink = Callable[[CaseView], str]
 
 CSS = """
-:root { --ok:#1b7f3a; --bad:#b3261e; --unk:#8a6d00; --line:#d8d8d8; --bg:#fafafa; }
+:root { --ok:#1b7f3a; --bad:#b3261e; --unk:#8a6d00; --noise:#1a5fb4; --line:#d8d8d8; --bg:#fafafa; }
 * { box-sizing: border-box; }
 body { font: 14px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto;
        max-width: 1280px; padding: 0 18px 40px; color: #1d1d1d; background: #fff; }
@@ -76,7 +80,17 @@ h3 { font-size: 15px; margin: 16px 0 6px; }
 .headline { font-size: 17px; font-weight: 600; padding: 8px 12px; border-radius: 6px; margin: 8px 0; }
 .headline.pass, .pill.pass { background: #e3f4e8; color: var(--ok); }
 .headline.diverged, .pill.diverged, .pill.error { background: #fbe4e2; color: var(--bad); }
-.pill { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 12px; }
+.pill { display: inline-block; padding: 1px 8px; border-radius: 10px; font-weight: 600; font-size: 12px;
+        white-space: nowrap; }
+.pill.identical { background: #e3f4e8; color: var(--ok); }
+.pill.within_noise { background: #e4eefb; color: var(--noise); }
+.pill.beyond_noise { background: #fbe4e2; color: var(--bad); }
+.band { color: #555; font-size: 11px; margin-left: 4px; }
+section.fix { border: 2px solid var(--bad); border-radius: 6px; padding: 4px 12px 10px; margin: 10px 0 16px; }
+section.fix.none { border-color: var(--ok); }
+section.fix h2 { border-top: 0; margin-top: 4px; padding-top: 0; }
+section.fix h3 { margin: 10px 0 4px; }
+table.causes td.fault { color: var(--bad); font-weight: 600; }
 .effect.ok { color: var(--ok); font-weight: 600; }
 .effect.bad { color: var(--bad); font-weight: 600; }
 .effect.unknown { color: var(--unk); font-weight: 600; }
@@ -85,6 +99,7 @@ th, td { border: 1px solid var(--line); padding: 2px 6px; text-align: right; whi
 th { background: #f0f0f0; font-weight: 600; }
 td.l, th.l { text-align: left; }
 tr.beyond td { background: #fff1f0; }
+#overview td { white-space: normal; }
 table.sortable th { cursor: pointer; user-select: none; position: sticky; top: 0; z-index: 1; }
 table.sortable th.asc::after { content: " \\25B2"; font-size: 9px; }
 table.sortable th.desc::after { content: " \\25BC"; font-size: 9px; }
@@ -203,17 +218,114 @@ def _pill(verdict: str) -> str:
     return f'<span class="pill {esc(verdict)}">{esc(verdict.upper())}</span>'
 
 
-def overview(views: list[CaseView], summary: dict, link: CaseLink = anchor) -> str:
-    """Headline and the table of every comparison."""
+def outcome_pill(outcome: str, band: str = "") -> str:
+    """Badge of an outcome (``identical`` / ``within_noise`` / ``beyond_noise``); ``band``: what
+    "within rounding noise" allowed, shown next to it (and as the tooltip)."""
+    label = OUTCOME_LABELS.get(outcome, outcome)
+    title = f' title="{esc(band)}"' if band else ""
+    pill = f'<span class="pill {esc(outcome)}" data-outcome="{esc(outcome)}"{title}>{esc(label.upper())}</span>'
+    if band and outcome == WITHIN_NOISE:
+        pill += f'<span class="band">({esc(band)})</span>'
+    return pill
+
+
+def _case_band(v: CaseView) -> str:
+    """The band of a case's badge: its final-landmark rounding noise, else its landmark tolerance."""
+    return v.noise_band_text() or f"final landmarks allowed {fmt(v.landmark_tolerance)} px"
+
+
+def _outcome_counts(views: list[CaseView]) -> str:
+    ok = [v for v in views if not v.is_failure]
+    counts = {o: sum(v.outcome == o for v in ok) for o in OUTCOMES}
+    return ", ".join(f"{counts[o]} {OUTCOME_LABELS[o]}" for o in OUTCOMES)
+
+
+def headline(views: list[CaseView]) -> str:
+    """The run's verdict in one line, with how many comparisons have each outcome."""
     ok_views = [v for v in views if not v.is_failure]
     n_div = sum(v.verdict != "pass" for v in ok_views)
     n_err = sum(v.is_failure for v in views)
     state = "pass" if (n_div == 0 and n_err == 0) else "diverged"
-    firsts = [f"<code>{esc(v.first_divergent_stage)}</code> ({esc(v.title)})"
-              for v in ok_views if v.first_divergent_stage]
     head = (f"{'PASS' if state == 'pass' else 'DIVERGED'}: {len(ok_views) - n_div} of {len(ok_views)} "
             f"comparison(s) passed" + (f", {n_err} could not be compared" if n_err else ""))
-    out = [f'<div class="headline {state}" id="verdict">{head}</div>']
+    if ok_views:
+        head += f" ({_outcome_counts(views)})"
+    return f'<div class="headline {state}" id="verdict">{esc(head)}</div>'
+
+
+def _cause_rows(v: CaseView, causes: list[dict], start: int = 1) -> str:
+    rows = []
+    for rank, c in enumerate(causes, start):
+        beyond = c.get("beyond_noise")
+        fault = c.get("known_fault")
+        tr = '<tr class="beyond">' if beyond else "<tr>"
+        rows.append(f'{tr}'
+                    f'<td data-v="{rank}">{rank}</td><td class="l"><code>{esc(c.get("stage_kind"))}</code></td>'
+                    f'<td class="l"><code>{esc(c.get("first_stage") or "-")}</code></td>'
+                    f'{_cell(_num(c.get("landmarks_impact_px")))}{_cell(_num(c.get("mean_shifts_impact_px")))}'
+                    f'<td class="l">{"-" if beyond is None else ("yes" if beyond else "no")}</td>'
+                    + (f'<td class="l fault">{esc(fault)}</td>' if fault else '<td class="l">-</td>')
+                    + "</tr>")
+    return "".join(rows)
+
+
+def _num(x: Any) -> float | None:
+    try:
+        return None if x is None or isinstance(x, bool) else float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def causes_table(v: CaseView, limit: int | None = None) -> str:
+    """The case's ranked causes (all, or the first ``limit``) as a table with their impact figures."""
+    causes = v.causes
+    shown = causes if limit is None else causes[:limit]
+    how = ("every stage of the kind from the first one on" if v.is_isolated else "the first stage alone")
+    note = (f'<p class="meta">Landmark impact: the largest final-landmark move when the candidate\'s values of '
+            f'{how} replace clnfdiag\'s in a replay of the golden\'s fit; beyond noise: the move exceeds '
+            f'the allowed {fmt(v.impact_allowed)} px.'
+            + (f" Top {len(shown)} of {len(causes)}; all in <code>causes.csv</code>." if len(shown) < len(causes)
+               else "") + "</p>")
+    return (f'<table class="sortable causes" data-case="{esc(v.slug)}"><thead><tr><th>rank</th>'
+            '<th class="l">stage kind</th><th class="l">first stage</th><th>landmarks impact px</th>'
+            '<th>mean-shifts impact px</th><th class="l">beyond noise</th><th class="l">known fault</th>'
+            f'</tr></thead><tbody>{_cause_rows(v, shown)}</tbody></table>' + note)
+
+
+def fix_first(views: list[CaseView], link: CaseLink = anchor, top: int = TOP_CAUSES) -> str:
+    """"Fix these first": per comparison with ranked causes, its top causes by replayed impact.
+
+    Empty when no comparison has causes and none diverged."""
+    ok = [v for v in views if not v.is_failure]
+    with_causes = [v for v in ok if v.causes]
+    without = [v for v in ok if not v.causes and v.verdict != "pass"]
+    if not with_causes and not without:
+        if not ok:
+            return ""
+        return ('<section class="fix none" id="fix-first"><h2>Fix these first</h2><p>Nothing to fix: no '
+                'comparison diverged and none has a ranked cause.</p></section>')
+    out = ['<section class="fix" id="fix-first"><h2>Fix these first</h2>',
+           '<p class="meta">Stage kinds beyond tolerance, ranked by how far swapping in the candidate\'s values '
+           'moves the final landmarks in a replay (largest first); a known fault names the injected '
+           'fault whose values the candidate\'s match.</p>']
+    for v in with_causes:
+        out.append(f'<h3><a href="{esc(link(v))}">{esc(v.title)}</a> {outcome_pill(v.outcome)}</h3>')
+        out.append(causes_table(v, top))
+    if without:
+        out.append('<p class="note">No causes ranked (the comparison ran without impact replays) for: '
+                   + ", ".join(f'<a href="{esc(link(v))}">{esc(v.title)}</a>' for v in without) + ".</p>")
+    out.append("</section>")
+    return "\n".join(out)
+
+
+def overview(views: list[CaseView], summary: dict, link: CaseLink = anchor, lead: str = "") -> str:
+    """Headline, ``lead`` (the "Fix these first" section) and the table of every comparison."""
+    ok_views = [v for v in views if not v.is_failure]
+    firsts = [f"<code>{esc(v.first_divergent_stage)}</code> ({esc(v.title)})"
+              for v in ok_views if v.first_divergent_stage]
+    out = [headline(views)]
+    if lead:
+        out.append(lead)
     if firsts:
         out.append("<p>First diverging stage: " + "; ".join(firsts[:8])
                    + (f" and {len(firsts) - 8} more" if len(firsts) > 8 else "") + "</p>")
@@ -222,7 +334,7 @@ def overview(views: list[CaseView], summary: dict, link: CaseLink = anchor) -> s
         if v.is_failure:
             rows.append(f'<tr><td class="l"><a href="{esc(link(v))}">{esc(v.case)}</a></td>'
                         f'<td class="l">{esc(v.mode or "-")}</td><td class="l">{_pill("error")}</td>'
-                        f'<td class="l" colspan="5">{esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</td></tr>')
+                        f'<td class="l" colspan="6">{esc(v.data.get("kind", "error"))}: {esc(v.data.get("error"))}</td></tr>')
             continue
         cls, phrase = v.landmark_verdict()
         _, sentence = v.landmark_effect()
@@ -231,13 +343,16 @@ def overview(views: list[CaseView], summary: dict, link: CaseLink = anchor) -> s
         rows.append(
             f'<tr><td class="l"><a href="{esc(link(v))}">{esc(v.case)}</a></td><td class="l">{esc(v.mode)}</td>'
             f'<td class="l">{_pill(v.verdict)}</td>'
-            f'<td class="l"><code>{esc(v.first_divergent_stage or "-")}</code></td>'
+            f'<td class="l" data-v="{OUTCOMES.index(v.outcome)}">{outcome_pill(v.outcome, _case_band(v))}</td>'
+            f'<td class="l"><code>{esc(v.first_divergent_stage or "-").replace("/", "/<wbr>")}</code></td>'
             f"{_cell(ms)}{_cell(lm)}{_cell(v.landmark_tolerance)}"
             f'<td class="l"><span class="effect {cls}" title="{esc(html.unescape(sentence))}">{phrase}</span>'
             f'</td></tr>')
     out.append('<table class="sortable" id="overview"><thead><tr><th class="l">case</th><th class="l">mode</th>'
-               '<th class="l">verdict</th><th class="l">first divergent stage</th><th>mean-shift impact px</th>'
-               '<th>landmark impact px</th><th>landmark tol px</th><th class="l">impact</th></tr></thead><tbody>'
+               '<th class="l">verdict</th><th class="l">outcome</th><th class="l">first divergent stage</th>'
+               '<th title="replayed (propagated mode: else observed end to end)">mean-shift impact px</th>'
+               '<th title="replayed (propagated mode: else observed end to end)">landmark impact px</th>'
+               '<th>landmark tol px</th><th class="l">impact</th></tr></thead><tbody>'
                + "".join(rows) + "</tbody></table>")
     worst = summary.get("worst")
     if isinstance(worst, dict) and worst.get("stage"):
@@ -248,31 +363,44 @@ def overview(views: list[CaseView], summary: dict, link: CaseLink = anchor) -> s
 
 
 def stage_table(v: CaseView) -> str:
-    """Stages beyond tolerance (all stages when none is), worst data first in execution order."""
-    entries = [s for s in v.data.get("stages") or [] if isinstance(s, dict)]
-    beyond = [s for s in entries if not s.get("within_tolerance", True)]
-    shown = beyond[:MAX_STAGE_ROWS]
+    """Stages beyond noise, then stages within rounding noise (those that differ at all), in execution
+    order, with each one's outcome and band; identical stages are counted, not listed."""
+    entries = [s for s in v.data.get("stages") or [] if isinstance(s, dict) and "stage" in s]
+    beyond = [s for s in entries if stage_outcome(s) == BEYOND_NOISE]
+    noisy = [s for s in entries if stage_outcome(s) == WITHIN_NOISE]
+    n_same = sum(stage_outcome(s) == IDENTICAL for s in entries)
+    shown = (beyond + noisy)[:MAX_STAGE_ROWS]
     head = (f"{len(beyond)} of {len(entries)} stages beyond tolerance" if beyond
             else f"all {len(entries)} compared stages within tolerance")
+    head += (f" ({n_same} {OUTCOME_LABELS[IDENTICAL]}, {len(noisy)} {OUTCOME_LABELS[WITHIN_NOISE]}, "
+             f"{len(beyond)} {OUTCOME_LABELS[BEYOND_NOISE]})")
     if v.data.get("missing_keys"):
         head += f"; {len(v.data['missing_keys'])} golden key(s) missing from the candidate"
     out = [f"<h3>Stages</h3><p>{head}" + (f" (first {MAX_STAGE_ROWS} shown; all in summary.json)"
-                                         if len(beyond) > MAX_STAGE_ROWS else "") + "</p>"]
+                                         if len(beyond) + len(noisy) > MAX_STAGE_ROWS else "") + "</p>"]
     if not shown:
         return "\n".join(out)
     rows = []
     for s in shown:
         worst = ", ".join(str(w) for w in (s.get("worst_landmarks") or [])[:6])
         reach = s.get("reaches_landmarks")
-        rows.append(f'<tr class="beyond"><td class="l"><code>{esc(s["stage"])}</code></td>'
+        outcome = stage_outcome(s)
+        band = stage_band(s)
+        tr = '<tr class="beyond">' if outcome == BEYOND_NOISE else "<tr>"
+        rows.append(f'{tr}'
+                    f'<td class="l"><code>{esc(s["stage"])}</code></td>'
                     f'<td class="l">{esc(s.get("kind") or kind_of(s["stage"]))}</td>'
+                    f'<td class="l" data-v="{OUTCOMES.index(outcome)}">{outcome_pill(outcome, band)}</td>'
                     f'{_cell(s.get("max_abs"))}{_cell(s.get("max_rel"))}{_cell(s.get("ratio"))}'
-                    f'{_cell(s.get("atol"))}{_cell(s.get("rtol"))}{_cell(s.get("n_beyond"))}'
+                    f'{_cell(s.get("atol"))}{_cell(s.get("rtol"))}{_cell(s.get("noise_floor_px"))}'
+                    f'{_cell(s.get("n_beyond"))}'
                     f'<td class="l">{"-" if reach is None else ("yes" if reach else "no")}</td>'
                     f'<td class="l">{esc(worst)}</td><td class="l">{esc(s.get("note", ""))}</td></tr>')
-    out.append('<div class="tablewrap"><table class="sortable"><thead><tr><th class="l">stage</th>'
-               '<th class="l">kind</th><th>max abs</th><th>max rel</th><th>\u00d7 tol</th><th>atol</th>'
-               '<th>rtol</th><th>n beyond</th><th class="l">reaches landmarks</th>'
+    out.append('<div class="tablewrap"><table class="sortable stages"><thead><tr><th class="l">stage</th>'
+               '<th class="l">kind</th><th class="l">outcome</th><th>max abs</th><th>max rel</th>'
+               '<th>\u00d7 tol</th><th>atol</th><th>rtol</th>'
+               '<th title="the stage\'s band in the noise envelope (propagated mode)">envelope band</th>'
+               '<th>n beyond</th><th class="l">reaches landmarks</th>'
                '<th class="l">worst landmarks</th><th class="l">note</th></tr></thead><tbody>'
                + "".join(rows) + "</tbody></table></div>")
     return "\n".join(out)
@@ -328,15 +456,20 @@ def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]],
     cls, sentence = v.landmark_effect()
     ms, ms_src = v.impact_value("mean_shifts_max_px")
     first = v.first_divergent_stage
-    parts = [f'<section class="case" id="{esc(v.slug)}"><h2>{esc(v.title)} {_pill(v.verdict)}</h2>',
+    if ms is not None:
+        ms_text = f"max {fmt(ms)} px" + ("" if ms_src == "impact" else " (observed end to end)")
+    else:
+        ms_text = "not replayed" if v.is_isolated else "not evaluated"
+    parts = [f'<section class="case" id="{esc(v.slug)}"><h2>{esc(v.title)} {_pill(v.verdict)} '
+             f'{outcome_pill(v.outcome)}</h2>',
              f'<p><b>Verdict:</b> {esc(v.verdict)}; <b>first diverging stage:</b> '
              f'<code>{esc(first or "none")}</code>'
              + (f'; gate: {esc(v.data["gate"])}' if v.data.get("gate") else "") + "</p>",
-             f'<p><b>Impact:</b> <span class="effect {cls}">{sentence}</span>; mean-shifts '
-             + (f"max {fmt(ms)} px" + ("" if ms_src == "impact" else " (observed)") if ms is not None
-                else "not evaluated")
-             + (f'; C++ noise floor {fmt(v.data["noise_floor_px"])} px' if v.data.get("noise_floor_px") is not None
-                else "") + "</p>"]
+             f'<p><b>Outcome:</b> {outcome_pill(v.outcome, _case_band(v))} {esc(v.outcome_text())}</p>',
+             f'<p><b>Impact:</b> <span class="effect {cls}">{sentence}</span>; mean-shifts {ms_text}</p>']
+    if v.causes:
+        parts.append(f"<h3>Fix these first: {len(v.causes)} cause(s), largest landmark impact first</h3>")
+        parts.append('<div class="tablewrap">' + causes_table(v) + "</div>")
     if v.data.get("golden_path"):
         parts.append(f'<p class="meta">golden: <code>{esc(v.data["golden_path"])}</code></p>')
     parts.append(stage_table(v))
@@ -382,10 +515,10 @@ def render_page(views: list[CaseView], summary: dict, sections: list[str], sourc
             f'<p class="meta">Generated {when}'
             + (f" from <code>{esc(source)}</code>" if source else "")
             + ". Files next to this page: <code>summary.json</code> (comparator output), "
-              "<code>magnitude.csv</code>, <code>convergence.csv</code>, per-case PNGs"
+              "<code>causes.csv</code>, <code>magnitude.csv</code>, <code>convergence.csv</code>, per-case PNGs"
             + ("; each comparison has its own page (plots, stage and per-landmark tables), linked from "
                "the table below" if paged else "") + ".</p>\n"
-            + overview(views, summary, link)
+            + overview(views, summary, link, lead=fix_first(views, link))
             + f"\n<nav>Cases: {nav}</nav>\n"
             + "\n".join(sections))
     return _document(title, body)

@@ -24,8 +24,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from .raster import CYCLE, DASHED, DOTTED, Canvas, colour_map
-from .tables import (MAP_KINDS, MAP_STAGES, MAP_TITLES, POINT_FIELD, REGION_COLOURS, REGIONS,
-                     CaseView, fmt, region_of)
+from .tables import (CONVERGENCE_FIELDS, MAP_KINDS, MAP_STAGES, MAP_TITLES, POINT_FIELD, REGION_COLOURS,
+                     REGIONS, CaseView, fmt, region_of)
 from ..clnf.loop import SHAPE_CHANGE_TOL
 from ..keys import kind_of, pass_of
 
@@ -33,6 +33,8 @@ from ..keys import kind_of, pass_of
 N_WORST_MAPS = 3
 #: Floor of log-scale error axes (exact zeros are drawn there).
 LOG_FLOOR = 1e-12
+#: Opacity of a shaded rounding-noise band (the noise envelope).
+BAND_ALPHA = 0.22
 
 
 # --------------------------------------------------------------------------- arrays for the plots
@@ -447,21 +449,54 @@ def _kind_errors(view: CaseView) -> dict[str, dict[str, Any]]:
     return out
 
 
+#: Stage kind of the final landmarks (``final/landmarks``): its strip carries the envelope band.
+FINAL_KIND = "landmarks"
+#: Colour of the rounding-noise band of the final landmarks.
+NOISE_COLOUR = "#555555"
+
+
+def landmark_band_series(view: CaseView) -> tuple[np.ndarray, str] | None:
+    """``(band, label)``: per final landmark the band of rounding noise (``landmark_band_px``, px)
+    and its legend (``rounding noise (envelope K=64)``); None when the JSON has no band."""
+    band = view.landmark_band
+    if band is None or not np.isfinite(band).any():
+        return None
+    return band, view.envelope_label
+
+
+def landmark_band_polygons(st: "_Strips", j: int, scale: "_Scale", band: np.ndarray) -> list:
+    """One rectangle per landmark with a band > 0, from strip ``j``'s bottom up to the band value."""
+    base = float(st.y(j, 0.0))
+    tops = st.y(j, scale.frac(np.where(np.isfinite(band) & (band > 0), band, np.nan)))
+    polys = []
+    for i in np.flatnonzero(np.isfinite(band) & (band > 0)):
+        xa, xb = float(st.x(i - 0.5)), float(st.x(i + 0.5))
+        polys.append([(xa, base), (xb, base), (xb, float(tops[i])), (xa, float(tops[i]))])
+    return polys
+
+
 def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
     """Per-landmark error bars for each stage kind, landmarks grouped by face region, tolerance drawn.
 
     One strip per stage kind (log scale each), all strips on one canvas sharing the landmark axis.
+    The final landmarks' strip also shades each landmark's band of rounding noise (the case's noise
+    envelope, ``landmark_band_px``), and is shown for it even where the error is 0 or not in the JSON.
     """
     kinds = _kind_errors(view)
+    banded = landmark_band_series(view)
+    n = view.n_landmarks
+    if banded is not None and FINAL_KIND not in kinds:
+        kinds[FINAL_KIND] = {"err": np.full(n, np.nan), "thr": np.full(n, view.landmark_tolerance),
+                             "unit": "error (px)", "n_stages": 0, "beyond": set()}
     if not kinds:
         return None, "the JSON carries no per-landmark errors for this case"
     order = [k for k in ("area_of_interest", "response_raw", "response_sigma", "response", "landmarks_at_response",
                          "reference_shape", "dxs", "dys", "mean_shifts_ref", "mean_shifts", "shape",
                          "landmarks_before", "landmarks") if k in kinds]
     order += [k for k in kinds if k not in order]
-    exact = [k for k in order if not np.nan_to_num(kinds[k]["err"], nan=0.0).any()]
+    exact = [k for k in order if not np.nan_to_num(kinds[k]["err"], nan=0.0).any()
+             and not (k == FINAL_KIND and banded is not None)]
     shown_kinds = [k for k in order if k not in exact]
-    n = view.n_landmarks
     x = np.arange(n)
     colours = [REGION_COLOURS[region_of(i)] for i in range(n)]
     exact_lines = textwrap.wrap("Equal to the golden (error 0) at every landmark: " + ", ".join(exact), 120) \
@@ -478,12 +513,14 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
     if exact_lines:
         cv.text(0.08, 0.08, "\n".join(exact_lines), size=8, va="top")
     bars, bar_colours, flat, steps_x, steps_y = [], [], [], [], []
-    scales, titles = [], []
+    scales, titles, noise = [], [], []
     for j, kind in enumerate(shown_kinds):
         d = kinds[kind]
         err = d["err"]
         thr = np.where(np.isfinite(d["thr"]), d["thr"], np.nan)
-        pos = np.concatenate([err[np.isfinite(err) & (err > 0)], thr[np.isfinite(thr) & (thr > 0)]])
+        band = banded[0] if banded is not None and kind == FINAL_KIND else np.zeros(0)
+        pos = np.concatenate([err[np.isfinite(err) & (err > 0)], thr[np.isfinite(thr) & (thr > 0)],
+                              band[np.isfinite(band) & (band > 0)]])
         lo, hi = (max(pos.min() / 3, LOG_FLOOR), pos.max() * 3) if pos.size else (LOG_FLOOR, 1.0)
         scale = _Scale(lo, hi, log=True)
         # Exact zeros get no bar (log axis); an infinite error (a NaN in the candidate) a full one.
@@ -504,7 +541,13 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
                 steps_y += list(np.repeat(ty, 2)) + [np.nan]
         over = int(np.sum(err > np.nan_to_num(thr, nan=np.inf)))
         n_zero = int(np.sum(err == 0))
-        title = f"{kind}: worst of {d['n_stages']} stage(s), {d['unit']}; red dashed = tolerance"
+        if d["n_stages"]:
+            title = f"{kind}: worst of {d['n_stages']} stage(s), {d['unit']}; red dashed = tolerance"
+        else:
+            title = f"{kind}: per-landmark error not in the JSON; red dashed = tolerance"
+        if band.size:
+            noise.append((j, scale, band))
+            title += f"; grey = {banded[1]}"
         if over:
             title += f"; {over} landmark(s) beyond"
         if n_zero:
@@ -512,6 +555,12 @@ def plot_errors(view: CaseView) -> tuple[bytes | None, str | None]:
         scales.append(scale)
         titles.append(title)
     st.decorate(scales, titles)
+    for j, scale, band in noise:  # shaded under the bars, with a step line on top
+        cv.polygons(landmark_band_polygons(st, j, scale, band), fill=NOISE_COLOUR, alpha=BAND_ALPHA)
+        ty = st.y(j, scale.frac(np.where(np.isfinite(band) & (band > 0), band, np.nan)))
+        ty = np.where(np.isfinite(band) & (band > 0), ty, np.nan)
+        cv.polyline(list(np.repeat(st.x(np.arange(n + 1) - 0.5), 2)[1:-1]), list(np.repeat(ty, 2)),
+                    NOISE_COLOUR, width=0.8)
     bar_width = min(4.2, 0.56 * st.slot * 72)  # points, kept inside a landmark's slot
     cv.lines(bars, width=bar_width, colours=bar_colours)
     if flat:
@@ -640,72 +689,196 @@ def plot_maps(view: CaseView, arrays: CaseArrays) -> tuple[bytes | None, str | N
 
 # --------------------------------------------------------------------------- (5) convergence
 
+#: Series of the convergence plot's lower panel: (row field, its envelope band field, colour, marker,
+#: label of the difference, label of the band).
+DIFF_SERIES = (
+    ("landmark_rms_diff", "landmark_band_px", "#d03030", "o", "shape (iterKK/shape) RMS diff", "shape"),
+    ("mean_shift_rms_diff", "mean_shift_band_px", "#1f77b4", "s", "mean-shifts RMS diff", "mean-shifts"),
+)
+def _ordered_rows(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["pass"], {"rigid": 0, "nonrigid": 1}.get(r["phase"], 2), r["iteration"]))
+
+
+def convergence_series(rows: list[dict]) -> dict[str, Any]:
+    """The convergence plot's data in run order: ``pass``, ``phase``, ``iteration`` (lists) and
+    every number of :data:`~clnfdiag.report.tables.CONVERGENCE_FIELDS` (arrays, NaN where missing),
+    among them the envelope's ``landmark_band_px`` and ``mean_shift_band_px`` per iteration."""
+    ordered = _ordered_rows(rows)
+    out: dict[str, Any] = {"pass": [r["pass"] for r in ordered], "phase": [r["phase"] for r in ordered],
+                           "iteration": [r["iteration"] for r in ordered]}
+    for name in CONVERGENCE_FIELDS:
+        out[name] = np.array([_num(r.get(name)) for r in ordered], np.float64)
+    return out
+
+
+def _band_tint(colour: str, alpha: float = BAND_ALPHA) -> str:
+    """``colour`` at ``alpha`` over white, as ``#rrggbb`` (a band's legend swatch)."""
+    h = colour.lstrip("#")
+    return "#" + "".join(f"{round(255 + alpha * (int(h[i:i + 2], 16) - 255)):02x}" for i in (0, 2, 4))
+
+
 def plot_convergence(view: CaseView, rows: list[dict]) -> tuple[bytes | None, str | None]:
-    """Shape-change norm per iteration for each pass and phase, golden and candidate, log scale."""
-    have = [r for r in rows if any(np.isfinite([r.get("shape_change_norm_golden", math.nan),
-                                                r.get("shape_change_norm_candidate", math.nan)]))]
-    if not have:
-        return None, "no shape-change norms in the JSON for this case"
-    ordered = sorted(rows, key=lambda r: (r["pass"], {"rigid": 0, "nonrigid": 1}.get(r["phase"], 2), r["iteration"]))
-    width, height = 8.0, 2.9
+    """Convergence per iteration for each pass and phase, log scale, in up to two panels.
+
+    Top: shape-change norm, golden and candidate. Bottom: the candidate's difference from the
+    golden (RMS over landmarks of ``iterKK/shape`` and of the mean-shifts), with the case's noise
+    envelope at each iteration shaded under it (the spread rounding alone gives that iteration's
+    shape and mean-shifts), when the JSON carries it.
+    """
+    ser = convergence_series(rows)
+    m = len(ser["iteration"])
+    gs, cs = ser["shape_change_norm_golden"], ser["shape_change_norm_candidate"]
+    has_norm = bool(np.isfinite(gs).any() or np.isfinite(cs).any())
+    has_diff = any(np.isfinite(ser[f]).any() or np.isfinite(ser[b]).any() for f, b, *_ in DIFF_SERIES)
+    if not m or not (has_norm or has_diff):
+        return None, "no shape-change norms or differences in the JSON for this case"
+    panels = (["norm"] if has_norm else []) + (["diff"] if has_diff else [])
+    width, top, panel_h, gap, bottom = 8.0, 0.45, 1.9, 0.62, 0.55
+    height = top + len(panels) * panel_h + (len(panels) - 1) * gap + bottom
     cv = Canvas(width, height)
-    px0, px1 = 0.08 * width, 0.98 * width           # plot area, as the earlier figure's Axes
-    py0, py1 = 0.14 * height, 0.80 * height
-    gs = np.array([_num(r.get("shape_change_norm_golden")) for r in ordered])
-    cs = np.array([_num(r.get("shape_change_norm_candidate")) for r in ordered])
-    vals = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in (gs, cs)] + [[SHAPE_CHANGE_TOL]])
-    scale = _Scale(vals.min() / 3, vals.max() * 3, log=True)
-    m = len(ordered)
+    px0, px1 = 0.08 * width, 0.98 * width
 
     def xi(i: Any) -> Any:
         return px0 + (np.asarray(i, np.float64) + 0.5) / m * (px1 - px0)
 
-    def yv(v: Any) -> Any:
-        f = scale.frac(np.where(np.asarray(v) > 0, v, np.nan))
-        return np.where(np.isfinite(f), py1 - np.clip(f, 0, 1) * (py1 - py0), np.nan)
-
-    # Lines broken between phases.
-    xs, gy, cy, blocks, prev = [], [], [], [], None
-    for i, r in enumerate(ordered):
-        block = (r["pass"], r["phase"])
+    blocks, prev = [], None
+    for i, block in enumerate(zip(ser["pass"], ser["phase"])):
         if block != prev:
-            if prev is not None:
-                xs.append(math.nan)
-                gy.append(math.nan)
-                cy.append(math.nan)
-            blocks.append((i, f"p{r['pass']} {r['phase']}"))
+            blocks.append((i, f"p{block[0]} {block[1]}"))
             prev = block
+    starts = {start for start, _ in blocks}
+    for j, panel in enumerate(panels):
+        py0 = top + j * (panel_h + gap)
+        py1 = py0 + panel_h
+        if panel == "norm":
+            scale = _norm_panel(cv, ser, xi, starts, (px0, py0, px1, py1))
+        else:
+            scale = _diff_panel(cv, view, ser, xi, starts, (px0, py0, px1, py1))
+        _conv_axes(cv, ser, xi, blocks, scale, (px0, py0, px1, py1))
+    cv.text((px0 + px1) / 2, height - bottom + 0.26, "iteration within pass / phase (labels at 0, 5, 10, ... and "
+            "the last)", size=7, ha="center", va="top")
+    return cv.png(), None
+
+
+def _yv(scale: _Scale, py0: float, py1: float, v: Any) -> Any:
+    """Canvas y of values on a log panel (NaN for values <= 0 or missing)."""
+    f = scale.frac(np.where(np.asarray(v, np.float64) > 0, v, np.nan))
+    return np.where(np.isfinite(f), py1 - np.clip(f, 0, 1) * (py1 - py0), np.nan)
+
+
+def _broken(values: np.ndarray, xi: Any, yv: Any, starts: set[int]) -> tuple[list[float], list[float]]:
+    """x, y of a line through ``values``, broken (NaN) where a pass / phase starts."""
+    xs, ys = [], []
+    for i, v in enumerate(values):
+        if i in starts and i:
+            xs.append(math.nan)
+            ys.append(math.nan)
         xs.append(float(xi(i)))
-        gy.append(float(yv(gs[i])))
-        cy.append(float(yv(cs[i])))
-    cv.frames([(px0, py0, px1, py1)])
-    thr = float(yv(SHAPE_CHANGE_TOL))
-    cv.lines([[(px0, thr), (px1, thr)]], width=0.8, dash=DOTTED)
-    cv.text(px1 - 0.05, thr - 0.03, "OpenFace stop threshold 0.01", size=7, ha="right", va="bottom")
+        ys.append(float(yv(v)))
+    return xs, ys
+
+
+def _conv_axes(cv: Canvas, ser: dict, xi: Any, blocks: list, scale: _Scale,
+               box: tuple[float, float, float, float]) -> None:
+    """Frame, pass / phase separators and labels, iteration and value ticks of one panel."""
+    px0, py0, px1, py1 = box
+    m = len(ser["iteration"])
+    cv.frames([box])
     seps = [[(float(xi(start - 0.5)), py0), (float(xi(start - 0.5)), py1)] for start, _ in blocks if start]
     cv.lines(seps, "grey", width=0.6, dash=DASHED)
     for start, label in blocks:
         cv.text(float(xi(start)) - 0.05, py0 - 0.03, label, size=7, va="bottom")
+    # A tick at every iteration, a label at 0, 5, 10, ... and at the last of each pass / phase.
+    ticks = [[(float(xi(i)), py1), (float(xi(i)), py1 + 0.06)] for i in range(m)]
+    for v, label in scale.ticks():
+        y = float(_yv(scale, py0, py1, v))
+        ticks.append([(px0 - 0.05, y), (px0, y)])
+        cv.text(px0 - 0.08, y, label, size=7, ha="right", va="center")
+    cv.lines(ticks, width=0.6)
+    for i, it in enumerate(ser["iteration"]):
+        last = i + 1 == m or (ser["pass"][i + 1], ser["phase"][i + 1]) != (ser["pass"][i], ser["phase"][i])
+        if it % 5 == 0 or last:
+            cv.text(float(xi(i)), py1 + 0.08, str(it), size=6, ha="center", va="top")
+
+
+def _norm_panel(cv: Canvas, ser: dict, xi: Any, starts: set[int], box: tuple[float, float, float, float]) -> _Scale:
+    """Shape-change norm, golden and candidate, with OpenFace's stop threshold."""
+    px0, py0, px1, py1 = box
+    gs, cs = ser["shape_change_norm_golden"], ser["shape_change_norm_candidate"]
+    vals = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in (gs, cs)] + [[SHAPE_CHANGE_TOL]])
+    scale = _Scale(vals.min() / 3, vals.max() * 3, log=True)
+
+    def yv(v: Any) -> Any:
+        return _yv(scale, py0, py1, v)
+
+    thr = float(yv(SHAPE_CHANGE_TOL))
+    cv.lines([[(px0, thr), (px1, thr)]], width=0.8, dash=DOTTED)
+    cv.text(px1 - 0.05, thr - 0.03, "OpenFace stop threshold 0.01", size=7, ha="right", va="bottom")
+    xs, gy = _broken(gs, xi, yv, starts)
+    _, cy = _broken(cs, xi, yv, starts)
     cv.polyline(xs, gy, "#2a7f2a", width=1.2)
     cv.markers(xs, gy, "o", 3.5, "#2a7f2a")
     cv.polyline(xs, cy, "#d03030", width=1.0, dash=DASHED)
     cv.markers(xs, cy, "s", 3, "#d03030", filled=False)
-    # A tick at every iteration, a label at 0, 5, 10, ... and at the last of each pass / phase.
-    ticks = [[(float(xi(i)), py1), (float(xi(i)), py1 + 0.06)] for i in range(m)]
-    for v, label in scale.ticks():
-        y = float(yv(v))
-        ticks.append([(px0 - 0.05, y), (px0, y)])
-        cv.text(px0 - 0.08, y, label, size=7, ha="right", va="center")
-    cv.lines(ticks, width=0.6)
-    for i, r in enumerate(ordered):
-        last = i + 1 == m or (ordered[i + 1]["pass"], ordered[i + 1]["phase"]) != (r["pass"], r["phase"])
-        if r["iteration"] % 5 == 0 or last:
-            cv.text(float(xi(i)), py1 + 0.08, str(r["iteration"]), size=6, ha="center", va="top")
-    cv.text((px0 + px1) / 2, py1 + 0.26, "iteration within pass / phase (labels at 0, 5, 10, ... and the last)",
-            size=7, ha="center", va="top")
+    cv.text(px0, py0 - 0.2, "shape-change norm per iteration (px)", size=8, va="bottom")
     cv.text(0.06, (py0 + py1) / 2, "shape-change norm (px)", size=7, ha="left", va="center", rotation=90)
     _legend(cv, px0 + 0.08, py1 - 0.45, [("o", "#2a7f2a", "golden", True), ("s", "#d03030", "candidate", False)])
-    return cv.png(), None
+    return scale
+
+
+def convergence_band_polygons(ser: dict, band_field: str, xi: Any, yv: Any, y_bottom: float) -> list:
+    """One rectangle per iteration with a band > 0: from the panel's bottom up to the band value."""
+    polys = []
+    for i, b in enumerate(ser[band_field]):
+        if np.isfinite(b) and b > 0:
+            xa, xb, yb = float(xi(i - 0.5)), float(xi(i + 0.5)), float(yv(b))
+            if math.isfinite(yb):
+                polys.append([(xa, y_bottom), (xb, y_bottom), (xb, yb), (xa, yb)])
+    return polys
+
+
+def _diff_panel(cv: Canvas, view: CaseView, ser: dict, xi: Any, starts: set[int],
+                box: tuple[float, float, float, float]) -> _Scale:
+    """The candidate's difference from the golden per iteration, the envelope's band shaded under it."""
+    px0, py0, px1, py1 = box
+    arrays = [ser[f] for f, *_ in DIFF_SERIES] + [ser[b] for _, b, *_ in DIFF_SERIES]
+    pos = np.concatenate([a[np.isfinite(a) & (a > 0)] for a in arrays])
+    scale = _Scale(max(pos.min() / 3, LOG_FLOOR), pos.max() * 3, log=True) if pos.size else \
+        _Scale(1e-6, 1.0, log=True)
+
+    def yv(v: Any) -> Any:
+        return _yv(scale, py0, py1, v)
+
+    lines, bands, n_zero = [], [], 0
+    for _, band_field, colour, _, _, band_name in DIFF_SERIES:  # bands first, under the lines
+        polys = convergence_band_polygons(ser, band_field, xi, yv, py1)
+        if polys:
+            cv.polygons(polys, fill=colour, alpha=BAND_ALPHA)
+            bands.append(("s", _band_tint(colour), f"rounding noise: {band_name}", True))
+    for field_, _, colour, marker, label, _ in DIFF_SERIES:
+        vals = ser[field_]
+        if not np.isfinite(vals).any():
+            continue
+        n_zero += int(np.sum(vals == 0))
+        xs, ys = _broken(vals, xi, yv, starts)
+        cv.polyline(xs, ys, colour, width=1.1)
+        cv.markers(xs, ys, marker, 3.2, colour)
+        lines.append((marker, colour, label, True))
+    legend, any_band = lines + bands, bool(bands)
+    title = "difference from golden, RMS over landmarks (px)"
+    if any_band:
+        title += f"; shaded = {view.envelope_label}"
+    if n_zero:
+        title += f"; {n_zero} zero(s) not drawn"
+    diffs = np.concatenate([ser[f] for f, *_ in DIFF_SERIES])
+    if np.isfinite(diffs).any() and not np.nan_to_num(diffs, nan=0.0).any():
+        cv.text((px0 + px1) / 2, py0 + 0.3, "candidate equal to the golden at every iteration (difference 0)",
+                size=9, ha="center", va="center", background="white")
+    cv.text(px0, py0 - 0.2, title, size=8, va="bottom")
+    cv.text(0.06, (py0 + py1) / 2, "RMS diff (px)", size=7, ha="left", va="center", rotation=90)
+    if legend:
+        _legend(cv, px0 + 0.08, py1 - 0.1 - 0.17 * len(legend), legend)
+    return scale
 
 
 def _num(x: Any) -> float:

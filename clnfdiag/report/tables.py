@@ -8,16 +8,23 @@ JSON read (per case)::
 
     {"case", "mode", "verdict", "first_divergent_stage", "impact", "observed",
      "landmark_tolerance_px", "golden_path",
+     "outcome", "noise_floor_px", "noise_floor_source", "cpp_floor_px", "landmark_band_px",
+     "causes": [{"stage_kind", "first_stage", "landmarks_impact_px", "mean_shifts_impact_px",
+                 "known_fault", "beyond_noise"}],
      "stages": [{"stage", "kind", "max_abs", "max_rel", "atol", "rtol", "within_tolerance",
-                 "reaches_landmarks", "worst_landmarks",
+                 "reaches_landmarks", "worst_landmarks", "outcome", "noise_floor_px",
                  map stages: "peak_golden", "peak_candidate", "peak_ratio", "peak_shift_px",
                              "correlation", "max_abs_per_landmark", "rel_per_landmark",
                  point stages: "error_px"}],
-     "convergence": [{"pass", "phase", "iteration", "shape_change_norm_golden", ...}]}
+     "convergence": [{"pass", "phase", "iteration", "shape_change_norm_golden", ...,
+                      "landmark_band_px", "mean_shift_band_px"}]}
 
 Per-landmark lists hold ``null`` for invisible landmarks (map stages) and are
 present only for the stages the comparator wrote them for; what is missing
-stays empty in the tables. Visibility is read off the golden peaks (null =
+stays empty in the tables. A JSON written before a field existed still reads:
+a missing ``outcome`` is derived from the verdict and the stage errors
+(:func:`stage_outcome`, :attr:`CaseView.outcome`), missing causes and noise
+bands are simply not shown. Visibility is read off the golden peaks (null =
 invisible) unless the case carries ``"visibilities": {"<pass>": [0/1, ...]}``.
 """
 from __future__ import annotations
@@ -67,8 +74,16 @@ N_LANDMARKS = 68
 #: Columns of convergence.csv after (case, mode, pass, phase, iteration).
 CONVERGENCE_FIELDS = ("shape_change_norm_golden", "shape_change_norm_candidate", "dp_norm_golden",
                       "dp_norm_candidate", "mean_shift_rms_golden", "mean_shift_rms_candidate",
-                      "mean_shift_rms_diff", "landmark_rms_diff")
+                      "mean_shift_rms_diff", "landmark_rms_diff", "landmark_band_px", "mean_shift_band_px")
 
+#: Outcomes of a stage or a case (:mod:`clnfdiag.compare.struct`), in order of severity.
+IDENTICAL, WITHIN_NOISE, BEYOND_NOISE = "identical", "within_noise", "beyond_noise"
+OUTCOMES = (IDENTICAL, WITHIN_NOISE, BEYOND_NOISE)
+#: How the report names each outcome.
+OUTCOME_LABELS = {IDENTICAL: "bit-identical", WITHIN_NOISE: "within rounding noise", BEYOND_NOISE: "beyond noise"}
+#: Columns of causes.csv.
+CAUSE_COLUMNS = ("case", "mode", "rank", "stage_kind", "first_stage", "landmarks_impact_px",
+                 "mean_shifts_impact_px", "known_fault", "beyond_noise")
 
 
 def region_of(landmark: int) -> str:
@@ -104,6 +119,50 @@ def fmt(x: Any, digits: int = 3) -> str:
     if not math.isfinite(x):
         return "inf"
     return f"{x:.{digits}g}"
+
+
+def _finite_or_none(x: Any) -> float | None:
+    """A JSON number as a finite float, None for null / NaN / not a number."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def stage_outcome(entry: dict) -> str:
+    """A stage's outcome: its ``outcome`` field, else (older JSON) derived from its errors:
+    beyond tolerance -> ``beyond_noise``, no difference at all -> ``identical``, else ``within_noise``."""
+    out = entry.get("outcome")
+    if out in OUTCOMES:
+        return out
+    if not entry.get("within_tolerance", True):
+        return BEYOND_NOISE
+    return IDENTICAL if entry.get("max_abs") == 0 else WITHIN_NOISE
+
+
+def stage_band(entry: dict) -> str:
+    """The band "within rounding noise" means for one stage: its envelope band (``noise_floor_px``,
+    propagated mode) or, without one, the tolerance the comparator allowed (atol, rtol)."""
+    band = _finite_or_none(entry.get("noise_floor_px"))
+    if band is not None:
+        unit = " px" if entry.get("family") == "points" else ""
+        return f"envelope band {fmt(band)}{unit}"
+    atol, rtol = _finite_or_none(entry.get("atol")), _finite_or_none(entry.get("rtol"))
+    if atol is None and rtol is None:
+        return "tolerance not stated"
+    return f"atol {fmt(atol)}, rtol {fmt(rtol)}"
+
+
+def short_source(source: Any) -> str:
+    """``envelope (K=64)`` as it is; a CPP_FLOOR.json path by its last two parts."""
+    text = str(source)
+    if "/" in text or "\\" in text:
+        parts = Path(text).parts
+        return "/".join(parts[-2:])
+    return text
 
 
 # --------------------------------------------------------------------------- normalising input
@@ -319,30 +378,192 @@ class CaseView:
         return float(tol) if tol is not None else DEFAULT_LANDMARK_TOL
 
     def impact_value(self, name: str) -> tuple[float | None, str]:
-        """``(px, source)`` of an impact quantity: the impact function's value, else the observed one."""
-        for source in ("impact", "observed"):
+        """``(px, source)`` of an impact quantity: the replayed impact (``impact``), else, in
+        propagated mode only, the error observed in the trace (``observed``).
+
+        In isolated mode every stage is fed the golden's inputs, so the trace's own final
+        landmarks and mean-shifts say nothing about what a divergence does to the fit: there
+        only a replay counts.
+        """
+        sources = ("impact",) if self.is_isolated else ("impact", "observed")
+        for source in sources:
             block = self.data.get(source)
             if isinstance(block, dict) and block.get(name) is not None:
                 return float(block[name]), source
         return None, ""
 
+    @property
+    def is_isolated(self) -> bool:
+        return self.mode == "isolated"
+
+    @property
+    def impact_allowed(self) -> float:
+        """The landmark move a replayed impact may make: the impact's ``noise_floor_px`` (what the
+        comparator judged it against), else the case's landmark tolerance."""
+        block = self.data.get("impact")
+        allowed = _finite_or_none(block.get("noise_floor_px")) if isinstance(block, dict) else None
+        return self.landmark_tolerance if allowed is None else allowed
+
     def landmark_verdict(self) -> tuple[str, str]:
-        """``(css class, short phrase)``: "landmarks unaffected" / "landmarks affected" / not evaluated."""
+        """``(css class, short phrase)``: "landmarks unaffected" / "landmarks affected" /
+        "landmark impact not replayed" / not evaluated."""
         cls, sentence = self.landmark_effect()
         return cls, sentence.split(":")[0].split(" (")[0]
 
     def landmark_effect(self) -> tuple[str, str]:
-        """``(css class, sentence)``: whether the divergence reaches the final landmarks."""
-        tol = self.landmark_tolerance
-        px, source = self.impact_value("landmarks_max_px")
-        src = "" if source == "impact" else " (observed in this trace)"
-        if px is None:
+        """``(css class, sentence)``: whether the divergence reaches the final landmarks.
+
+        Isolated mode: only from the replayed impact of the first divergent stage
+        (``impact``; its ``reaches_landmarks`` when the comparator judged it). Every stage
+        there is fed the golden's inputs, so the trace's final landmarks say nothing about
+        the effect: without a replay the answer is "landmark impact not replayed" (unless
+        every stage is bit-identical to the golden, which leaves nothing to reach them).
+
+        Propagated mode: from the final landmarks observed end to end and from the replayed
+        impact; affected when either is beyond what it is allowed.
+        """
+        impact = self._impact_part()
+        if impact is not None and impact[0] is None:
+            return "unknown", "landmark impact not evaluated (the replay gave no finite landmark move)"
+        if self.is_isolated:
+            if impact is not None:
+                affected, text = impact
+                return ("bad", f"landmarks affected: {text}") if affected else ("ok", f"landmarks unaffected: {text}")
+            if self.verdict == "pass" and self.outcome == IDENTICAL:
+                return "ok", "landmarks unaffected (every stage bit-identical to the golden)"
+            why = ("no stage beyond tolerance, so none was replayed" if not self.first_divergent_stage
+                   else "the comparison ran without an impact replay")
+            return "unknown", (f"landmark impact not replayed ({why}; in isolated mode every stage is fed the "
+                               f"golden's inputs, so this trace's final landmarks say nothing about it)")
+        parts = [p for p in (self._observed_part(), impact) if p is not None]
+        if not parts:
             if self.verdict == "pass":
                 return "ok", "landmarks unaffected (no stage beyond tolerance)"
             return "unknown", "landmark impact not evaluated"
-        if px <= tol:
-            return "ok", f"landmarks unaffected: max {fmt(px)} px &le; tolerance {fmt(tol)} px{src}"
-        return "bad", f"landmarks affected: max {fmt(px)} px &gt; tolerance {fmt(tol)} px{src}"
+        parts.sort(key=lambda p: not p[0])  # what says "affected" first
+        text = "; ".join(t for _, t in parts)
+        if any(a for a, _ in parts):
+            return "bad", f"landmarks affected: {text}"
+        return "ok", f"landmarks unaffected: {text}"
+
+    def _impact_part(self) -> tuple[bool | None, str] | None:
+        """``(affected, text)`` of the replayed impact; None without one, ``(None, "")`` when the
+        replay gave no finite move."""
+        block = self.data.get("impact")
+        if not isinstance(block, dict) or "landmarks_max_px" not in block:
+            return None
+        px = _finite_or_none(block.get("landmarks_max_px"))
+        if px is None:
+            return None, ""
+        allowed = self.impact_allowed
+        first = self.stages.get(self.first_divergent_stage or "") or {}
+        reach = first.get("reaches_landmarks")
+        affected = bool(reach) if reach is not None else not px <= allowed
+        where = f" of {self.first_divergent_stage}" if self.first_divergent_stage else ""
+        return affected, (f"replayed impact{where} moves them {fmt(px)} px {'&gt;' if affected else '&le;'} "
+                          f"allowed {fmt(allowed)} px")
+
+    def _observed_part(self) -> tuple[bool, str] | None:
+        """``(affected, text)`` of the final landmarks observed end to end (propagated mode)."""
+        obs, _ = self._observed("landmarks_max_px")
+        if obs is None:
+            return None
+        tol = self.landmark_tolerance
+        final = self.stages.get("final/landmarks") or {}
+        within = final.get("within_tolerance")
+        affected = (not within) if within is not None else not obs <= tol
+        return affected, (f"final error max {fmt(obs)} px {'&gt;' if affected else '&le;'} tolerance "
+                          f"{fmt(tol)} px (observed end to end)")
+
+    def _observed(self, name: str) -> tuple[float | None, str]:
+        block = self.data.get("observed")
+        if isinstance(block, dict) and block.get(name) is not None:
+            return float(block[name]), "observed"
+        return None, ""
+
+    # ---- outcome and rounding noise
+    @property
+    def outcome(self) -> str:
+        """``identical``, ``within_noise`` or ``beyond_noise``: the case's ``outcome``, else (older
+        JSON) derived: diverged -> beyond noise, every stage identical -> identical."""
+        out = self.data.get("outcome")
+        if out in OUTCOMES:
+            return out
+        if self.is_failure or self.verdict != "pass":
+            return BEYOND_NOISE
+        if self.stages and all(stage_outcome(s) == IDENTICAL for s in self.stages.values()):
+            return IDENTICAL
+        return WITHIN_NOISE
+
+    def stage_outcomes(self) -> dict[str, int]:
+        """How many stages have each outcome."""
+        counts = {o: 0 for o in OUTCOMES}
+        for s in self.stages.values():
+            counts[stage_outcome(s)] += 1
+        return counts
+
+    @property
+    def noise_floor(self) -> float | None:
+        """The case's rounding noise on the final landmarks, px (None when unknown)."""
+        return _finite_or_none(self.data.get("noise_floor_px"))
+
+    @property
+    def cpp_floor(self) -> float | None:
+        return _finite_or_none(self.data.get("cpp_floor_px"))
+
+    @property
+    def noise_source(self) -> str | None:
+        src = self.data.get("noise_floor_source")
+        return None if src is None else str(src)
+
+    def noise_band_text(self) -> str:
+        """The case's rounding noise in words: ``rounding noise 0.000315 px (envelope (K=64)); C++ floor
+        0.00031 px`` (empty when the JSON states none)."""
+        parts = []
+        if self.noise_floor is not None:
+            src = f" ({short_source(self.noise_source)})" if self.noise_source else ""
+            parts.append(f"rounding noise {fmt(self.noise_floor)} px{src}")
+        if self.cpp_floor is not None:
+            parts.append(f"C++ floor {fmt(self.cpp_floor)} px")
+        return "; ".join(parts)
+
+    def outcome_text(self) -> str:
+        """One line on the outcome with its band: what "within rounding noise" allowed here."""
+        o = self.outcome
+        counts = self.stage_outcomes()
+        band = self.noise_band_text()
+        if o == IDENTICAL:
+            text = "bit-identical: every compared stage equals the golden"
+        elif o == WITHIN_NOISE:
+            text = (f"within rounding noise: {counts[WITHIN_NOISE]} stage(s) differ, each within its band "
+                    f"(envelope band in propagated mode, else the allowed atol/rtol); final landmarks "
+                    f"allowed {fmt(self.landmark_tolerance)} px")
+        else:
+            text = f"beyond noise: {counts[BEYOND_NOISE]} stage(s) beyond their band"
+        return text + (f"; {band}" if band else "")
+
+    @cached_property
+    def landmark_band(self) -> np.ndarray | None:
+        """(n,) per final landmark, the envelope's band of rounding noise, px (None without one)."""
+        values = self.data.get("landmark_band_px")
+        if not isinstance(values, list) or not values:
+            return None
+        return to_float_array(values, self.n_landmarks)
+
+    @property
+    def envelope_label(self) -> str:
+        """``rounding noise (envelope K=64)`` (the K when the JSON states it)."""
+        m = re.search(r"K\s*=\s*(\d+)", self.noise_source or "")
+        return f"rounding noise (envelope K={m.group(1)})" if m else "rounding noise (envelope)"
+
+    # ---- causes
+    @property
+    def causes(self) -> list[dict]:
+        """The ranked causes (``causes``, largest impact first, as the comparator sorted them)."""
+        causes = self.data.get("causes")
+        if not isinstance(causes, list):
+            return []
+        return [c for c in causes if isinstance(c, dict) and c.get("stage_kind") is not None]
 
     # ---- stages
     def passes(self) -> list[int]:
@@ -541,6 +762,21 @@ def convergence_rows(view: CaseView) -> list[dict]:
 
 def _phase_rank(phase: str) -> int:
     return {"rigid": 0, "nonrigid": 1}.get(phase, 2)
+
+
+def causes_table(views: Iterable[CaseView]) -> pd.DataFrame:
+    """One row per ranked cause of every comparison (causes.csv), rank 1 = largest landmark impact."""
+    rows = []
+    for v in views:
+        if v.is_failure:
+            continue
+        for rank, c in enumerate(v.causes, 1):
+            rows.append({"case": v.case, "mode": v.mode, "rank": rank, "stage_kind": c.get("stage_kind"),
+                         "first_stage": c.get("first_stage"),
+                         "landmarks_impact_px": _num(c.get("landmarks_impact_px")),
+                         "mean_shifts_impact_px": _num(c.get("mean_shifts_impact_px")),
+                         "known_fault": c.get("known_fault"), "beyond_noise": c.get("beyond_noise")})
+    return pd.DataFrame(rows, columns=list(CAUSE_COLUMNS))
 
 
 def convergence_table(views: Iterable[CaseView]) -> pd.DataFrame:
