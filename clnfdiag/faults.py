@@ -102,9 +102,16 @@ class _NoRegularisation(_Wrapper):
 
 
 class _UniformWeights(_Wrapper):
-    # OpenFace's own unweighted branch (taken only when weight_factor <= 0): W = I.
+    # Every expert's confidence taken as 1: W = weight_factor * I (OpenFace's own identity when
+    # the factor is 0, so the default preset is unchanged).
     def weights(self, scale, view, weight_factor):
-        return self.inner.weights(scale, view, 0.0)
+        return opt.weight_matrix_diag(np.ones(self.inner.n_points, F64), None, weight_factor)
+
+
+class _MeanShapeReference(_Wrapper):
+    # The reference frame from the mean shape (local parameters 0) instead of the current ones.
+    def reference_shape(self, params_local, scale):
+        return self.inner.reference_shape(np.zeros_like(np.asarray(params_local)), scale)
 
 
 class _SigmoidNoDoubleAlpha(_Wrapper):
@@ -146,6 +153,9 @@ class Fault:
         ``wrapper(ops) -> ops``: the StageOps with this fault.
     reaches_mean_shifts : bool
         Whether it changes the image-frame mean-shifts beyond float32 rounding.
+    first_pass : int
+        The first pass it changes anything in: 0, unless it acts only through the
+        local parameters, which are 0 entering pass 0.
     """
 
     name: str
@@ -154,6 +164,7 @@ class Fault:
     description: str
     wrapper: Callable[[Any], Any]
     reaches_mean_shifts: bool = True
+    first_pass: int = 0
 
     def wrap(self, ops: Any) -> Any:
         """``ops`` with this fault injected."""
@@ -186,13 +197,19 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "landmarks beyond the case's rounding noise depends on how chaotic the fit is",
           _Float64, reaches_mean_shifts=False),
     Fault("no-regularisation", "param_update", None,
-          "solve the non-rigid update without the PDM eigenvalue prior: moves the landmarks by "
-          "0.02-0.9 px, less than the rounding noise of the poorly constrained multi4_wild",
+          "solve the non-rigid update without the PDM eigenvalue prior: the shape runs off its "
+          "model; end to end it moves the landmarks by up to 31 px (multi4_wild), far beyond every "
+          "public golden's rounding noise",
           _NoRegularisation),
     Fault("uniform-weights", "weights", None,
-          "NU-RLMS with every landmark weighted 1 (OpenFace's unweighted branch, which it takes only "
-          "when the weight factor is 0) instead of weight factor x each patch expert's confidence: "
-          "pyclnf 0.4.1 does this", _UniformWeights),
+          "NU-RLMS weights all equal to the weight factor, every patch expert's confidence taken as 1, "
+          "instead of weight factor x confidence (pyclnf 0.4.1 does this); with the default "
+          "preset's factor 0 OpenFace itself weights every landmark 1, so only the wild preset and "
+          "part models see it", _UniformWeights),
+    Fault("mean-shape-reference", "reference_shape", None,
+          "build each pass's reference shape (the frame the patch experts see) from the mean shape "
+          "instead of the current local parameters (pyclnf 0.4.1 does this): identical in the first "
+          "pass, whose local parameters are 0", _MeanShapeReference, first_pass=1),
     Fault("sigmoid-no-double-alpha", "response_raw", False,
           "neuron output alpha·sigmoid instead of 2·alpha·sigmoid: every map is halved, which "
           "the weighted-centroid mean-shift cannot see", _SigmoidNoDoubleAlpha,

@@ -69,7 +69,7 @@ def test_fault_is_caught_where_it_lives(fitter, case_dir, fault):
         return
     assert cmp.verdict == "diverged"
     assert cmp.first_divergent_stage.split("/")[-1] == spec.stage
-    assert cmp.first_divergent_stage.startswith("pass0/")  # it acts from the first pass on
+    assert cmp.first_divergent_stage.startswith(f"pass{spec.first_pass}/")  # where it first acts
     reached_ms = cmp.impact["mean_shifts_max_px"] > IMPACT_MEAN_SHIFT_PX
     assert reached_ms == spec.reaches_mean_shifts, cmp.impact
     if spec.reaches_landmarks is not None:

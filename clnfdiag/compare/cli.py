@@ -61,12 +61,13 @@ _CLEAR_LINE = "\r\033[K"
               help="Judge every stage of both modes by equality: any differing value diverges. "
                    "clnfdiag's own fit reproduces the OpenFace C++ goldens bit for bit on any CPU; "
                    "this is the regression gate for it (cannot be combined with --tolerances).")
-@click.option("--profile", type=click.Choice(list(PROFILES)), default="exact", show_default=True,
+@click.option("--profile", type=click.Choice(list(PROFILES)), default=None,
               help="Tolerance table of the isolated stages: exact (float32 rounding; exact equality "
                    "where OpenFace's arithmetic is reproducible bit for bit: clnfdiag and bit-faithful "
                    "ports) or port (what float64 or another rounding can make of each quantity; "
                    "clnfdiag/data/port_tolerances.toml states each bound). Propagated stages are "
-                   "judged against each case's measured noise envelope either way.")
+                   "judged against each case's measured noise envelope either way. "
+                   "[default: port with --port, else exact]")
 @click.option("--noise-runs", type=click.IntRange(min=1), default=DEFAULT_RUNS, show_default=True,
               help="Perturbed fits per noise envelope (K). An envelope is measured once per golden "
                    "case (a few seconds) and cached by content under $XDG_CACHE_HOME/clnfdiag/noise.")
@@ -90,7 +91,7 @@ _CLEAR_LINE = "\r\033[K"
 @click.pass_context
 def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path | None, port: str | None,
             mode: str | None,
-            tolerances_file: Path | None, exact: bool, profile: str, noise_runs: int, gate: str,
+            tolerances_file: Path | None, exact: bool, profile: str | None, noise_runs: int, gate: str,
             inject: tuple[str, ...], report_dir: Path | None,
             json_out: str | None, models: Path | None, workers: int, quiet: bool) -> None:
     """Compare a CLNF implementation with OpenFace C++ golden cases, stage by stage.
@@ -109,9 +110,12 @@ def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path 
 
 
 def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject, report_dir, json_out,
-             models, workers, quiet, port=None, profile="exact", noise_runs=DEFAULT_RUNS) -> int:
+             models, workers, quiet, port=None, profile=None, noise_runs=DEFAULT_RUNS) -> int:
     """The command body; returns the exit code (raises ClnfdiagError for bad input)."""
     t0 = time.perf_counter()
+    if profile is None:
+        # A port adapter is another implementation: its own rounding is expected.
+        profile = "port" if port is not None and not exact else "exact"
     if exact and tolerances_file is not None:
         raise InputError("--exact and --tolerances cannot be combined (--exact allows no difference)")
     if exact and profile != "exact":

@@ -41,6 +41,8 @@ from .tolerances import (MODES, Tol, Tolerances, default_tolerances, landmark_fl
 GATES = ("stages", "landmarks")
 #: Key of the final landmarks, the end-to-end result.
 FINAL_LANDMARKS = "final/landmarks"
+#: Keys of the fit's results (``final/landmarks`` ...): never ranked as causes.
+RESULT_PREFIX = "final/"
 
 
 #: ``impact(stage_keys) -> {"mean_shifts_max_px", "landmarks_max_px"}`` bound to one case and
@@ -262,7 +264,7 @@ def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], m
     Parameters
     ----------
     divergent : list of StageResult
-        Stages beyond tolerance, in execution order.
+        Stages beyond tolerance, in execution order (``final/`` results are skipped).
     trace : mapping
         The candidate trace (for the keys of each kind).
     mode : str
@@ -280,7 +282,9 @@ def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], m
     """
     firsts: dict[str, StageResult] = {}
     for s in divergent:
-        firsts.setdefault(_group_key(s), s)
+        # The fit's results are what the causes explain, not causes themselves.
+        if not s.stage.startswith(RESULT_PREFIX):
+            firsts.setdefault(_group_key(s), s)
     out: list[Cause] = []
     keys = list(trace)
     for group, first in firsts.items():

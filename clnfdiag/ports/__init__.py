@@ -52,7 +52,7 @@ METHOD_KINDS: dict[str, tuple[str, ...]] = {
 }
 
 #: Named ports: ``--port NAME`` is ``--port`` of the spec.
-PORTS: dict[str, str] = {}
+PORTS: dict[str, str] = {"pyclnf": "clnfdiag.ports.pyclnf:PyclnfOps"}
 
 
 class PortOps(OpenFaceOps):
@@ -71,14 +71,25 @@ def produced_kinds(ops: Any) -> frozenset[str] | None:
     return frozenset(k for name in own for k in METHOD_KINDS[name])
 
 
+#: Keys no port adapter produces: the start (clnfdiag's box-to-parameters) and the
+#: hierarchical refinement (clnfdiag's own part models; an adapter plugs into the main
+#: model's stages only).
+NOT_PORTED = ("init/", "hierarchical/")
+
+
 def port_trace(trace: dict, ops: Any) -> dict:
-    """The keys of a trace made with ``ops`` that the port produced (see :func:`produced_kinds`)."""
+    """The keys of a trace made with ``ops`` that the port produced (see :func:`produced_kinds`).
+
+    Dropped: the stage kinds the adapter does not compute, and :data:`NOT_PORTED`. On a
+    hierarchical golden ``final/landmarks`` stays: the port's main fit refined by clnfdiag's
+    part models, the end-to-end result of that port inside OpenFace's pipeline.
+    """
     kinds = produced_kinds(ops)
     if kinds is None:
         return trace
     attributable = {k for ks in METHOD_KINDS.values() for k in ks}
     return {k: v for k, v in trace.items()
-            if kind_of(k) not in attributable or kind_of(k) in kinds}
+            if not k.startswith(NOT_PORTED) and (kind_of(k) not in attributable or kind_of(k) in kinds)}
 
 
 def load_port(spec: str) -> Callable[[Any], Any]:

@@ -306,8 +306,9 @@ def fix_first(views: list[CaseView], link: CaseLink = anchor, top: int = TOP_CAU
                 'comparison diverged and none has a ranked cause.</p></section>')
     out = ['<section class="fix" id="fix-first"><h2>Fix these first</h2>',
            '<p class="meta">Stage kinds beyond tolerance, ranked by how far swapping in the candidate\'s values '
-           'moves the final landmarks in a replay (largest first); a known fault names the injected '
-           'fault whose values the candidate\'s match.</p>']
+           'moves the final landmarks in a replay (largest first); a known fault is the fault of clnfdiag\'s '
+           'library (<code>--inject</code>) whose values, computed from the same inputs, the candidate\'s '
+           'match.</p>']
     for v in with_causes:
         out.append(f'<h3><a href="{esc(link(v))}">{esc(v.title)}</a> {outcome_pill(v.outcome)}</h3>')
         out.append(causes_table(v, top))
