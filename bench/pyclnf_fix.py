@@ -1,7 +1,7 @@
 """Is the ranking a diagnosis? Fix pyclnf's top-ranked cause and measure how far its landmarks move.
 
 For each golden case: pyclnf's isolated trace is ranked (``clnfdiag compare --port pyclnf``'s
-causes); the top cause is fixed in pyclnf (monkeypatched: weights -> the experts' confidences,
+causes: each kind's impact is pyclnf's methods of that kind run inside clnfdiag's fit); the top cause is fixed in pyclnf (monkeypatched: weights -> the experts' confidences,
 mean_shifts_ref -> pyclnf's own 0.1-px grid KDE, reference_shape -> the current local
 parameters); pyclnf's end-to-end fit is run before and after. Printed per case: the top cause and
 its replayed landmark impact, the measured move of the final landmarks, the margin (the other
@@ -22,13 +22,11 @@ sys.path.insert(0, str(REPO))
 
 from clnfdiag.compare.comparator import compare_traces  # noqa: E402
 from clnfdiag.compare.isolated import isolated_trace  # noqa: E402
-from clnfdiag.compare.producers import Replays  # noqa: E402
+from clnfdiag.compare.producers import FitProducer  # noqa: E402
+from clnfdiag.compare.tolerances import profile_tolerances  # noqa: E402
 from clnfdiag.compare.propagated import propagated_trace  # noqa: E402
-from clnfdiag.fitter import Fitter  # noqa: E402
 from clnfdiag.golden import find_cases, read_case  # noqa: E402
-from clnfdiag.models import load_model  # noqa: E402
 from clnfdiag.ports import port_trace  # noqa: E402
-from clnfdiag.ports.pyclnf import PyclnfOps  # noqa: E402
 
 
 def fixes(ops):
@@ -45,18 +43,21 @@ def fixes(ops):
 
 def main() -> None:
     dirs = [Path(a) for a in sys.argv[1:]] or find_cases([REPO.parent / "shared" / "golden"])
-    model = load_model()
-    ops = PyclnfOps(model.main)
-    fitter = Fitter(model, main_ops=lambda clnf: ops)
-    replays = Replays(fitter=Fitter(model))
+    producer = FitProducer(port="pyclnf")          # what `compare --port pyclnf` uses
+    fitter = producer.candidate_fitter
+    ops = fitter.main
+    replays = producer.replays
     print("| case | top cause | impact px | move px | margin px | |move - impact| <= margin | error before px | error after px |")
     print("|---|---|---|---|---|---|---|---|")
     for d in dirs:
         with read_case(d) as case:
             trace = port_trace(isolated_trace(case, fitter), ops)
-            cmp = compare_traces(case, trace, "isolated", impact=lambda k: replays.impact(case, trace, k),
+            # The profile `compare --port` uses: pyclnf computes in float64.
+            cmp = compare_traces(case, trace, "isolated", profile_tolerances("port"),
+                                 impact=lambda k: replays.impact(case, trace, k),
                                  envelope=replays.envelope(case),
-                                 signature=lambda k: replays.signature(case, trace, k), causes=True)
+                                 signature=lambda k: replays.signature(case, trace, k), causes=True,
+                                 cause_impact=lambda k: producer.cause_impact(case, trace, k))
             top, others = cmp.causes[0], cmp.causes[1:]
             before = port_trace(propagated_trace(case, fitter), ops)["final/landmarks"].astype(np.float64)
             obj, attr, value = fixes(ops)[top.stage_kind]
@@ -68,7 +69,7 @@ def main() -> None:
                 setattr(obj, attr, old)
             golden = case.stage("final/landmarks")
         move = float(np.linalg.norm(after - before, axis=1).max())
-        margin = sum(c.landmarks_impact_px for c in others) + 2 * cmp.noise_floor_px
+        margin = sum(c.landmarks_impact_px or 0.0 for c in others) + 2 * cmp.noise_floor_px
         err = [float(np.linalg.norm(x - golden, axis=1).max()) for x in (before, after)]
         ok = abs(move - top.landmarks_impact_px) <= margin
         print(f"| {case.case_id} | {top.stage_kind} [{top.known_fault}] | {top.landmarks_impact_px:.3g} | "

@@ -148,3 +148,15 @@ def test_first_divergence_line_names_where_its_max_abs_is(wild, replays):
     assert math.isclose(float(np.max(s.error_px)), s.max_abs) and float(s.error_px[at]) == s.max_abs
     from clnfdiag.compare.cli import case_line
     assert f"max_abs {s.max_abs:.3g} at landmark {at}" in case_line(cmp)
+
+
+def test_signature_is_judged_where_the_fault_shows(wild, replays):
+    """An exact-kernel KDE equals OpenFace's table at grid-point offsets (iter00 here): a float64
+    port differs there by rounding only, which matches no fault; the kind's later stages show it."""
+    trace = dict(isolated_trace(wild, replays.fitter, frozenset({"no-kde-grid"})))
+    k0 = "pass0/rigid/iter00/mean_shifts_ref"
+    assert np.array_equal(trace[k0], wild.stage(k0))
+    trace[k0] = trace[k0] + np.float32(4e-6)         # a float64 port's rounding
+    keys = tuple(k for k in trace if k.endswith("/mean_shifts_ref"))
+    assert replays.signature(wild, trace, k0) is None
+    assert replays.signature(wild, trace, keys) == "no-kde-grid"

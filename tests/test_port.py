@@ -16,6 +16,8 @@ from _models import model_or_fail, models_root
 from conftest import REPO
 from clnfdiag.cli import main
 from clnfdiag.compare.comparator import compare_traces
+import pytest
+
 from clnfdiag.compare.producers import FitProducer
 from clnfdiag.golden import read_case
 
@@ -64,3 +66,22 @@ def test_bad_port_spec_is_one_line():
     assert res.exit_code == 2 and "cannot import the port" in res.output
     res = CliRunner().invoke(main, ["compare", str(CASE), "--port", "nocolon"])
     assert res.exit_code == 2 and "MODULE:OBJECT" in res.output
+
+
+def test_a_ports_cause_is_its_method_swapped_into_clnfdiags_fit():
+    """The toy port's one deviation is the exact-kernel KDE: its mean_shifts_ref cause is the
+    fit with that method alone in clnfdiag's place, which is clnfdiag's fit with the no-kde-grid
+    fault (the same arithmetic): the same final landmarks, so the same move from the golden.
+    A kind no port method computes (parameters carried into a pass) has no cause impact."""
+    import numpy as np
+    from clnfdiag.compare.propagated import propagated_trace
+    from clnfdiag.golden import read_case
+    producer = FitProducer(models=models_root(), port=PORT)
+    with read_case(REPO / "golden" / "astronaut_wild") as case:
+        got = producer.cause_impact(case, {}, "pass0/rigid/iter01/mean_shifts_ref")
+        faulted = propagated_trace(case, producer.fitter, frozenset({"no-kde-grid"}))
+        move = np.linalg.norm(faulted["final/landmarks"].astype(np.float64) - case.stage("final/landmarks"),
+                              axis=1).max()
+        assert got["landmarks_max_px"] == move > 0
+        with pytest.raises(NotImplementedError):
+            producer.cause_impact(case, {}, "pass1/params_local_in")

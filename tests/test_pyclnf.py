@@ -420,7 +420,7 @@ def test_fixing_the_top_ranked_cause_moves_the_landmarks_by_its_impact(model, op
     the known fault. Patching pyclnf to weight each landmark by its expert's confidence (the fix)
     moves its end-to-end landmarks by what the cause's replayed impact said, and its error falls.
 
-    Margin: the impact replays pyclnf's weights inside OpenFace's fit, the fix removes them from
+    Margin: the impact runs pyclnf's weights inside OpenFace's fit, the fix removes them from
     pyclnf's own fit, which still has its other deviations; the two moves can differ by at most what
     those other deviations move (the other causes' impacts, triangle inequality), plus the case's
     rounding noise on each of the two fits."""
@@ -428,13 +428,29 @@ def test_fixing_the_top_ranked_cause_moves_the_landmarks_by_its_impact(model, op
     from clnfdiag.compare.isolated import isolated_trace
     from clnfdiag.compare.producers import Replays
 
-    replays = Replays(fitter=Fitter(model))
+    from clnfdiag.compare.impact import fit_impact
+    from clnfdiag.compare.tolerances import profile_tolerances
+    from clnfdiag.ports import SwappedOps, methods_of
+
+    own = Fitter(model)
+    replays = Replays(fitter=own)
+
+    def cause_impact(keys):
+        """As compare --port ranks causes: the port's methods of the kind in clnfdiag's fit."""
+        kind = kind_of(keys if isinstance(keys, str) else keys[0])
+        methods = methods_of(kind)
+        if not methods:
+            raise NotImplementedError(kind)
+        swapped = SwappedOps(own.main, ops, methods)
+        return fit_impact(case, Fitter(model, main_ops=lambda clnf: swapped))
+
     with read_case(WILD_CASE) as case:
         assert float(case.stage("pass0/weight_factor")) > 0
         trace = port_trace(isolated_trace(case, fitter), ops)
-        cmp = compare_traces(case, trace, "isolated", impact=lambda k: replays.impact(case, trace, k),
+        cmp = compare_traces(case, trace, "isolated", profile_tolerances("port"),
+                             impact=lambda k: replays.impact(case, trace, k),
                              envelope=replays.envelope(case), signature=lambda k: replays.signature(case, trace, k),
-                             causes=True)
+                             causes=True, cause_impact=cause_impact)
         top, others = cmp.causes[0], cmp.causes[1:]
         assert top.stage_kind == "weights" and top.known_fault == "uniform-weights" and top.beyond_noise
 
@@ -450,7 +466,7 @@ def test_fixing_the_top_ranked_cause_moves_the_landmarks_by_its_impact(model, op
         after = port_trace(propagated_trace(case, fitter), ops)["final/landmarks"]
         golden = case.stage("final/landmarks")
     move = float(np.linalg.norm(np.asarray(after, np.float64) - before, axis=1).max())
-    margin = sum(c.landmarks_impact_px for c in others) + 2 * cmp.noise_floor_px
+    margin = sum(c.landmarks_impact_px or 0.0 for c in others) + 2 * cmp.noise_floor_px
     assert abs(move - top.landmarks_impact_px) <= margin, (move, top.landmarks_impact_px, margin)
     err_before = np.linalg.norm(np.asarray(before, np.float64) - golden, axis=1).max()
     err_after = np.linalg.norm(np.asarray(after, np.float64) - golden, axis=1).max()

@@ -134,7 +134,7 @@ def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject
     keep = report_module.keep_for_report if report_module is not None else None
     for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress,
                    impact=replays.impact, keep=keep, envelope=replays.envelope, signature=replays.signature,
-                   causes=True):
+                   causes=True, cause_impact=getattr(producer, "cause_impact", None)):
         results.append(res)
         _print_result(res, human, quiet, progress is not None)
     if progress is not None:

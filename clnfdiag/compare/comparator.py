@@ -50,11 +50,11 @@ RESULT_PREFIX = "final/"
 StageImpact = Callable[[str | tuple[str, ...]], Mapping[str, float] | None]
 #: ``impact(case, candidate, stage_keys) -> {...}``, bound per case by :func:`run`.
 CaseImpact = Callable[[GoldenCase, Mapping[str, np.ndarray], str | tuple[str, ...]], Mapping[str, float] | None]
-#: ``signature(stage_key) -> fault name or None``: the known fault whose value of the stage the
-#: candidate's matches, bound to one case and candidate.
-StageSignature = Callable[[str], str | None]
-#: ``signature(case, candidate, stage_key)``, bound per case by :func:`run`.
-CaseSignature = Callable[[GoldenCase, Mapping[str, np.ndarray], str], str | None]
+#: ``signature(stage_keys) -> fault name or None``: the known fault whose values of the stages
+#: (a key or a tuple of keys of one kind) the candidate's match, bound to one case and candidate.
+StageSignature = Callable[[str | tuple[str, ...]], str | None]
+#: ``signature(case, candidate, stage_keys)``, bound per case by :func:`run`.
+CaseSignature = Callable[[GoldenCase, Mapping[str, np.ndarray], str | tuple[str, ...]], str | None]
 #: ``envelope(case) -> Envelope or None``: the case's measured rounding noise.
 CaseEnvelope = Callable[[GoldenCase], Envelope | None]
 #: ``producer(case, mode) -> trace``.
@@ -140,7 +140,7 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
                    tolerances: Tolerances | None = None, gate: str = "stages",
                    impact: StageImpact | None = None, impact_stages: int = 1,
                    envelope: Envelope | None = None, signature: StageSignature | None = None,
-                   causes: bool = False) -> CaseComparison:
+                   causes: bool = False, cause_impact: StageImpact | None = None) -> CaseComparison:
     """Compare a candidate trace with a golden case, stage by stage in execution order.
 
     Parameters
@@ -173,9 +173,12 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
         The case's measured rounding noise (:mod:`clnfdiag.compare.noise`);
         ignored by bit-exact tolerances.
     signature : callable, optional
-        ``signature(stage_key) -> fault name or None`` for the causes.
+        ``signature(stage_keys) -> fault name or None`` for the causes.
     causes : bool
         Rank every stage kind beyond tolerance by its replayed impact (needs ``impact``).
+    cause_impact : callable, optional
+        The impact function of the causes (default ``impact``): a port's producer swaps the
+        port's methods of a kind into clnfdiag's fit instead of its values.
 
     Returns
     -------
@@ -224,7 +227,7 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
         _evaluate_impact(divergent[:max(0, impact_stages)], impact, impact_allowed)
         cmp.impact = divergent[0].impact if divergent else None
         if causes:
-            cmp.causes = rank_causes(divergent, trace, mode, impact, signature, impact_allowed)
+            cmp.causes = rank_causes(divergent, trace, mode, cause_impact or impact, signature, impact_allowed)
     cmp.verdict = _verdict(cmp)
     cmp.outcome = (BEYOND_NOISE if not cmp.passed
                    else IDENTICAL if all(s.outcome == IDENTICAL for s in stages) else WITHIN_NOISE)
@@ -271,7 +274,7 @@ def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], m
     impact : callable
         ``impact(stage_keys)``.
     signature : callable or None
-        ``signature(stage_key)``: matching known fault of the first stage.
+        ``signature(stage_keys)``: the known fault the swapped stages match.
     allowed_px : float
         A landmark move up to this is within the case's rounding noise.
 
@@ -302,7 +305,7 @@ def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], m
             cause.mean_shifts_impact_px = float(res.get("mean_shifts_max_px", math.nan))
             cause.beyond_noise = bool(not cause.landmarks_impact_px <= allowed_px)
         if signature is not None:
-            cause.known_fault = signature(first.stage)
+            cause.known_fault = signature(swap)
         out.append(cause)
 
     def order(c: Cause) -> tuple[float, float]:
@@ -480,6 +483,7 @@ class _Job:
     envelope: CaseEnvelope | None = None
     signature: CaseSignature | None = None
     causes: bool = False
+    cause_impact: CaseImpact | None = None
 
 
 def compare_case(ref: str | Path | GoldenCase, job: _Job) -> list[CaseComparison | CaseFailure]:
@@ -504,10 +508,11 @@ def _compare_mode(case: GoldenCase, mode: str, job: _Job) -> CaseComparison | Ca
         trace = job.producer(case, mode)
         bound = None if job.impact is None else partial(job.impact, case, trace)
         sig = None if job.signature is None else partial(job.signature, case, trace)
+        cause = None if job.cause_impact is None else partial(job.cause_impact, case, trace)
         exact = job.tolerances is not None and job.tolerances.bit_exact
         env = None if job.envelope is None or exact else job.envelope(case)
         cmp = compare_traces(case, trace, mode, job.tolerances, job.gate, bound, job.impact_stages,
-                             env, sig, job.causes)
+                             env, sig, job.causes, cause)
     except ClnfdiagError as err:
         return CaseFailure(case.case_id, mode, err.kind, str(err), err.exit_code)
     cmp.wall_time_s = time.perf_counter() - t0
@@ -521,8 +526,8 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         progress: Callable[[int, int], None] | None = None, impact: CaseImpact | None = None,
         verify: bool = True, impact_stages: int = 1,
         keep: Callable[[str], bool] | None = None, envelope: CaseEnvelope | None = None,
-        signature: CaseSignature | None = None,
-        causes: bool = False) -> Iterator[CaseComparison | CaseFailure]:
+        signature: CaseSignature | None = None, causes: bool = False,
+        cause_impact: CaseImpact | None = None) -> Iterator[CaseComparison | CaseFailure]:
     """Compare many cases, yielding results in input order as they are ready.
 
     Parameters
@@ -562,6 +567,8 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         ``signature(case, trace, stage_key) -> fault or None`` (see :func:`compare_traces`).
     causes : bool
         Rank the causes of every comparison (see :func:`rank_causes`).
+    cause_impact : callable, optional
+        ``cause_impact(case, trace, stage_keys)``, the causes' impact (default ``impact``).
 
     Yields
     ------
@@ -575,7 +582,7 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
     _check_choice("gate", gate, GATES)
     refs = list(cases)
     job = _Job(producer, modes, tolerances, gate, impact, verify, impact_stages, keep, envelope,
-               signature, causes)
+               signature, causes, cause_impact)
     if workers <= 1 or len(refs) <= 1:
         for i, ref in enumerate(refs):
             results = compare_case(ref, job)

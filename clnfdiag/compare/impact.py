@@ -22,7 +22,7 @@ from ..fitter import Fitter
 from ..golden import GoldenCase
 from ..keys import kind_of, pass_of
 from ..trace import Feeding
-from .propagated import case_parameters
+from .propagated import case_parameters, propagated_trace
 
 F32 = np.float32
 
@@ -124,6 +124,22 @@ def impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_keys: str |
     cand_lm, cand_tr = _replay(case, fitter, start, {k: np.asarray(candidate[k]) for k in keys})
     return {"mean_shifts_max_px": _first_mean_shift_diff(cand_tr, base_tr, keys[0]),
             "landmarks_max_px": float(np.linalg.norm(cand_lm - base_lm, axis=-1).max())}
+
+
+def fit_impact(case: GoldenCase, fitter: Fitter) -> dict[str, float]:
+    """Effect of a changed implementation: ``fitter`` (clnfdiag with some stage methods swapped,
+    :class:`clnfdiag.ports.SwappedOps`) fits the case end to end, as propagated mode does.
+
+    clnfdiag's own fit is the golden bit for bit, so the golden is the baseline: the
+    largest final-landmark move and the first image-frame mean-shifts that differ.
+    """
+    trace = propagated_trace(case, fitter)
+    golden = {k: case.stage(k) for k in case.keys() if k.endswith("/mean_shifts")}
+    moved = np.linalg.norm(np.asarray(trace["final/landmarks"], np.float64)
+                           - case.stage("final/landmarks"), axis=-1).max()
+    first = next(iter(golden), None)
+    ms = _first_mean_shift_diff(trace, golden, first) if first is not None else 0.0
+    return {"mean_shifts_max_px": ms, "landmarks_max_px": float(moved)}
 
 
 def _hierarchical_impact(case: GoldenCase, candidate: dict[str, np.ndarray], stage_key: str,

@@ -23,8 +23,9 @@ from ..errors import InputError
 from ..faults import FAULTS, parse_faults
 from ..fitter import Fitter
 from ..golden import MANIFEST, GoldenCase, find_cases, read_case
-from ..ports import load_port, port_trace
-from .impact import impact
+from ..keys import parse
+from ..ports import SwappedOps, load_port, methods_of, port_trace
+from .impact import fit_impact, impact
 from .isolated import isolated_trace
 from .noise import DEFAULT_RUNS, envelope, stage_spread
 from .propagated import propagated_trace
@@ -154,20 +155,28 @@ class Replays:
         """The case's noise envelope (cached on disk by content, :func:`~.noise.envelope`)."""
         return envelope(case, self.fitter, self.noise_runs)
 
-    def signature(self, case: GoldenCase, candidate: Mapping[str, np.ndarray], stage_key: str) -> str | None:
-        """The known fault whose value of ``stage_key`` the candidate's matches, or None.
+    def signature(self, case: GoldenCase, candidate: Mapping[str, np.ndarray],
+                  stage_keys: str | tuple[str, ...]) -> str | None:
+        """The known fault whose values of ``stage_keys`` (stages of one kind) the candidate's match.
 
-        Each fault that corrupts the stage's kind first (:attr:`Fault.stage`) is
-        injected into clnfdiag's isolated recomputation of the case (same golden
-        inputs); the candidate matches it when it is :data:`SIGNATURE_RATIO` times
-        closer to that value than to the golden's.
+        Each fault that corrupts the kind first (:attr:`Fault.stage`) is injected into
+        clnfdiag's isolated recomputation of the case (same golden inputs). It is judged at
+        the first of ``stage_keys`` where it changes the golden's value at all (a fault may
+        leave a stage exact where its arithmetic agrees, e.g. an exact kernel at grid-point
+        offsets); the candidate matches it when it is :data:`SIGNATURE_RATIO` times closer to
+        the fault's value than to the golden's there.
+
+        Returns
+        -------
+        str or None
+            The closest matching fault's name.
         """
         self._for_case(case)
-        if stage_key not in candidate or not case.has(stage_key):
+        keys = (stage_keys,) if isinstance(stage_keys, str) else tuple(stage_keys)
+        keys = tuple(k for k in keys if k in candidate and case.has(k))
+        if not keys:
             return None
-        kind = stage_key.rsplit("/", 1)[-1]
-        cand = np.asarray(candidate[stage_key])
-        to_golden = stage_spread(stage_key, cand, case.stage(stage_key))
+        kind = keys[0].rsplit("/", 1)[-1]
         best, best_d = None, np.inf
         for name, fault in FAULTS.items():
             if fault.stage != kind:
@@ -175,11 +184,14 @@ class Replays:
             slot = (str(case.path), name)
             if slot not in self._fault_traces:
                 self._fault_traces[slot] = isolated_trace(case, self.fitter, frozenset({name}))
-            value = self._fault_traces[slot].get(stage_key)
-            if value is None:
+            faulty = self._fault_traces[slot]
+            key = next((k for k in keys if k in faulty
+                        and stage_spread(k, faulty[k], case.stage(k)) > 0), None)
+            if key is None:
                 continue
-            d = stage_spread(stage_key, cand, value)
-            if d * SIGNATURE_RATIO <= to_golden and d < best_d:
+            cand = np.asarray(candidate[key])
+            d = stage_spread(key, cand, faulty[key])
+            if d * SIGNATURE_RATIO <= stage_spread(key, cand, case.stage(key)) and d < best_d:
                 best, best_d = name, d
         return best
 
@@ -216,6 +228,8 @@ class FitProducer:
         self.port = port
         self.replays = Replays(models, noise_runs)
         self._port_fitter: Any = None
+        self._swapped: dict[tuple[str, ...], Any] = {}
+        self._swap_results: dict[tuple, Mapping[str, float]] = {}
 
     @property
     def fitter(self) -> Any:
@@ -233,8 +247,38 @@ class FitProducer:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_port_fitter"] = None
+        state["_port_fitter"], state["_swapped"], state["_swap_results"] = None, {}, {}
         return state
+
+    def cause_impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray],
+                     stage_keys: str | tuple[str, ...]) -> Mapping[str, float]:
+        """A cause's impact.
+
+        With a port: the port's methods computing the stage kind swapped into clnfdiag's fit,
+        end to end (closed loop: each computed from the fit's own values, as in the port once
+        everything else is fixed; swapping recorded values instead would hold them fixed while
+        the fit moves, and overstate what a self-correcting stage such as the mean-shift
+        does). A kind no port method computes raises NotImplementedError (impact unknown).
+        Without a port: the candidate's values swapped into a replay (:meth:`Replays.impact`).
+        """
+        if self.port is None:
+            return self.replays.impact(case, candidate, stage_keys)
+        sk = parse(stage_keys if isinstance(stage_keys, str) else stage_keys[0])
+        methods = methods_of(sk.kind) if sk.part is None else ()
+        if not methods:
+            # No method of the port computes it (parameters carried between passes, counts, a
+            # part model's stages): a consequence of the port's stages, not one to fix.
+            raise NotImplementedError(f"no port method produces {sk.kind}")
+        if methods not in self._swapped:
+            own = self.fitter
+            swapped = SwappedOps(own.main, self.candidate_fitter.main, methods)
+            self._swapped[methods] = Fitter(own.model, main_ops=lambda clnf: swapped)
+        # Both modes of a case ask for the same kinds: one fit each (the last case's kept).
+        slot = (str(case.path), methods)
+        if slot not in self._swap_results:
+            self._swap_results = {k: v for k, v in self._swap_results.items() if k[0] == slot[0]}
+            self._swap_results[slot] = fit_impact(case, self._swapped[methods])
+        return self._swap_results[slot]
 
     def __call__(self, case: GoldenCase, mode: str) -> Mapping[str, np.ndarray]:
         fitter = self.candidate_fitter

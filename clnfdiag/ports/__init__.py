@@ -92,6 +92,36 @@ def port_trace(trace: dict, ops: Any) -> dict:
             if not k.startswith(NOT_PORTED) and (kind_of(k) not in attributable or kind_of(k) in kinds)}
 
 
+class SwappedOps:
+    """clnfdiag's own stages with some of a port's in their place: a cause's replay in a live fit.
+
+    Only the named methods run the port's code; every other stage is clnfdiag's, so a fit
+    with these ops differs from clnfdiag's (= the golden) by those stages alone, each of them
+    computed from the fit's own current values (closed loop, as the port would after fixing
+    everything else).
+
+    Parameters
+    ----------
+    own : OpenFaceOps
+        clnfdiag's stages.
+    port : PortOps
+        The port's.
+    methods : iterable of str
+        Protocol methods (:data:`METHOD_KINDS`) taken from ``port``.
+    """
+
+    def __init__(self, own: Any, port: Any, methods):
+        self._own, self._port, self._methods = own, port, frozenset(methods)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._port if name in self._methods else self._own, name)
+
+
+def methods_of(kind: str) -> tuple[str, ...]:
+    """The protocol methods producing stage ``kind`` (:data:`METHOD_KINDS`)."""
+    return tuple(m for m, kinds in METHOD_KINDS.items() if kind in kinds)
+
+
 def load_port(spec: str) -> Callable[[Any], Any]:
     """The adapter factory named by ``spec``: a :data:`PORTS` name, ``module:object`` or
     ``path/to/file.py:object``; an :class:`InputError` naming what is wrong otherwise."""
@@ -121,4 +151,5 @@ def load_port(spec: str) -> Callable[[Any], Any]:
     return factory
 
 
-__all__ = ["PortOps", "METHOD_KINDS", "PORTS", "produced_kinds", "port_trace", "load_port"]
+__all__ = ["PortOps", "METHOD_KINDS", "PORTS", "produced_kinds", "port_trace", "load_port", "SwappedOps",
+           "methods_of"]
