@@ -770,6 +770,7 @@ def _write_case_files(case_dir: Path, case_id: str, image_bgr_or_path, bbox_list
         "parameters": parameters,
         "model": {"root": model_root, "files": dict(model_files or {})},
         "result": result,
+        "layout": TRACE_LAYOUT,
         "stages": {
             key: {
                 "shape": list(arr.shape),
@@ -872,7 +873,8 @@ _DIMS = {"n": ("n", 1, 0), "2n": ("n", 2, 0), "m": ("m", 1, 0), "6+m": ("m", 1, 
 _PASS_FIELD = re.compile(r"pass(0|[1-9][0-9]*)")
 _ITER_FIELD = re.compile(r"iter([0-9]{2})")
 
-#: The manifest's ``layout`` block of a trace written by :class:`TraceWriter`;
+#: The manifest's ``layout`` block of every case :func:`write_case` writes (traces of
+#: :class:`TraceWriter` and ``fit --trace-out``);
 #: ``iterations`` word for word as in the C++ goldens' manifests (FORMAT.md: the last
 #: iteration of a phase that stopped early has only ``shape_change_norm``).
 TRACE_LAYOUT = {
@@ -1150,10 +1152,8 @@ class TraceWriter(Recorder):
         if "final/landmarks" not in self.stages:
             raise InputError("a trace needs final/landmarks before it can be saved")
         # finite=False: a port's NaN is what the comparison is for (judged as a divergence).
-        case_dir = write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
-                              self.parameters, self.stages, result or {}, self.producer, finite=False)
-        _add_manifest_block(case_dir, "layout", TRACE_LAYOUT)
-        return case_dir
+        return write_case(out_dir, self.case_id, self.image, self.bbox, self.preset,
+                          self.parameters, self.stages, result or {}, self.producer, finite=False)
 
 
 def _golden_kind(key: str, value: Any, dtype: Any, golden: np.dtype) -> np.ndarray:
@@ -1225,17 +1225,3 @@ def _expected(layout: StageLayout, known: dict[str, tuple[int, str]]) -> str:
             sizes.append(want)
     shape = "(" + ", ".join(sizes) + ("," if len(sizes) == 1 else "") + ")"
     return f"{shape} {layout.dtype}" + (f" ({'; '.join(notes)})" if notes else "")
-
-
-def _add_manifest_block(case_dir: Path, name: str, block: dict) -> None:
-    """Set ``manifest[name]`` of a written case (a descriptive block), replacing manifest.json atomically."""
-    path = case_dir / MANIFEST
-    tmp = case_dir / (MANIFEST + ".tmp")
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest[name] = block
-    try:
-        tmp.write_text(json.dumps(manifest, indent=1, default=json_default) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write ({exc.strerror or exc})", path) from None
