@@ -247,10 +247,10 @@ def _noise_floor(band: float | None, floor: float | None, floor_file: str | None
     return band, envelope.source if envelope is not None else None
 
 
-def _group_key(stage: StageResult) -> str:
+def _group_key_of(key: str) -> str:
     """A cause's stage kind: the kind, prefixed by the part model for a part's own stage."""
-    sk = parse(stage.stage)
-    return stage.kind if sk.part is None else f"{sk.part}/{stage.kind}"
+    sk = parse(key)
+    return sk.kind if sk.part is None else f"{sk.part}/{sk.kind}"
 
 
 def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], mode: str,
@@ -287,14 +287,14 @@ def rank_causes(divergent: list[StageResult], trace: Mapping[str, np.ndarray], m
     for s in divergent:
         # The fit's results are what the causes explain, not causes themselves.
         if not s.stage.startswith(RESULT_PREFIX):
-            firsts.setdefault(_group_key(s), s)
+            firsts.setdefault(_group_key_of(s.stage), s)
     out: list[Cause] = []
     keys = list(trace)
     for group, first in firsts.items():
         swap: str | tuple[str, ...] = first.stage
         if mode == "isolated" and parse(first.stage).part is None and first.stage in trace:
             start = keys.index(first.stage)
-            swap = tuple(k for k in keys[start:] if parse(k).part is None and parse(k).kind == first.kind)
+            swap = tuple(k for k in keys[start:] if _group_key_of(k) == group)
         try:
             res = impact(swap)
         except NotImplementedError:

@@ -45,7 +45,8 @@ import numpy as np
 from ..fitter import Fitter
 from ..golden import GoldenCase
 from ..trace import Recorder
-from .metrics import family
+from ..keys import kind_of
+from .metrics import abs_diff, family, point_errors
 from .propagated import case_parameters
 from .struct import Envelope
 
@@ -99,15 +100,13 @@ def stage_spread(key: str, a: np.ndarray, b: np.ndarray) -> float:
     per landmark (px); everything else: largest elementwise difference. Shapes
     that differ (a run whose iteration ended otherwise) give ``inf``.
     """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
+    if np.shape(a) != np.shape(b):
         return float("inf")
-    if a.size == 0:
+    if np.size(a) == 0:
         return 0.0
-    d = np.abs(a - b)
-    if family(key.rsplit("/", 1)[-1], a.shape) == "points":
-        return float(np.sqrt(np.square(d).sum(axis=1)).max())
-    return float(d.max())
+    if family(kind_of(key), np.shape(a)) == "points":
+        return float(point_errors(b, a).max())
+    return float(abs_diff(b, a).max())
 
 
 def _fit(case: GoldenCase, fitter: Fitter, hook: Recorder) -> dict[str, np.ndarray]:

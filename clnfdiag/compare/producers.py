@@ -23,7 +23,7 @@ from ..errors import InputError
 from ..faults import FAULTS, parse_faults
 from ..fitter import Fitter
 from ..golden import MANIFEST, GoldenCase, find_cases, read_case
-from ..keys import parse
+from ..keys import kind_of, parse
 from ..ports import SwappedOps, load_port, methods_of, port_trace
 from .impact import fit_impact, impact
 from .isolated import isolated_trace
@@ -123,8 +123,8 @@ class Replays:
         self.models = models
         self.noise_runs = noise_runs
         self._fitter = fitter
-        self._baselines: dict = {}
-        self._fault_traces: dict = {}
+        self._case_path: str | None = None
+        self._case_cache: dict = {}
 
     @property
     def fitter(self) -> Any:
@@ -134,22 +134,22 @@ class Replays:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_fitter"], state["_baselines"], state["_fault_traces"] = None, {}, {}
+        state["_fitter"], state["_case_path"], state["_case_cache"] = None, None, {}
         return state
 
-    def _for_case(self, case: GoldenCase) -> None:
-        """Keep the per-case caches of one case only (a run goes case by case)."""
+    def case_cache(self, case: GoldenCase, name: str) -> dict:
+        """A cache of results that hold for one golden case (replay baselines, fault traces,
+        a port's swapped fits), by ``name``; all are dropped when another case comes (a run
+        goes case by case, and both modes of a case ask the same)."""
         path = str(case.path)
-        if any(slot[0] != path for slot in self._baselines):
-            self._baselines.clear()
-        if any(slot[0] != path for slot in self._fault_traces):
-            self._fault_traces.clear()
+        if path != self._case_path:
+            self._case_path, self._case_cache = path, {}
+        return self._case_cache.setdefault(name, {})
 
     def impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray],
                stage_keys: str | tuple[str, ...]) -> Mapping[str, float]:
         """The candidate's ``stage_keys`` replayed through clnfdiag's fit (:func:`~.impact.impact`)."""
-        self._for_case(case)
-        return impact(case, dict(candidate), stage_keys, self.fitter, self._baselines)
+        return impact(case, dict(candidate), stage_keys, self.fitter, self.case_cache(case, "baselines"))
 
     def envelope(self, case: GoldenCase) -> Envelope:
         """The case's noise envelope (cached on disk by content, :func:`~.noise.envelope`)."""
@@ -171,20 +171,19 @@ class Replays:
         str or None
             The closest matching fault's name.
         """
-        self._for_case(case)
         keys = (stage_keys,) if isinstance(stage_keys, str) else tuple(stage_keys)
         keys = tuple(k for k in keys if k in candidate and case.has(k))
         if not keys:
             return None
-        kind = keys[0].rsplit("/", 1)[-1]
+        kind = kind_of(keys[0])
+        traces = self.case_cache(case, "fault traces")
         best, best_d = None, np.inf
         for name, fault in FAULTS.items():
             if fault.stage != kind:
                 continue
-            slot = (str(case.path), name)
-            if slot not in self._fault_traces:
-                self._fault_traces[slot] = isolated_trace(case, self.fitter, frozenset({name}))
-            faulty = self._fault_traces[slot]
+            if name not in traces:
+                traces[name] = isolated_trace(case, self.fitter, frozenset({name}))
+            faulty = traces[name]
             key = next((k for k in keys if k in faulty
                         and stage_spread(k, faulty[k], case.stage(k)) > 0), None)
             if key is None:
@@ -229,7 +228,6 @@ class FitProducer:
         self.replays = Replays(models, noise_runs)
         self._port_fitter: Any = None
         self._swapped: dict[tuple[str, ...], Any] = {}
-        self._swap_results: dict[tuple, Mapping[str, float]] = {}
 
     @property
     def fitter(self) -> Any:
@@ -247,7 +245,7 @@ class FitProducer:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_port_fitter"], state["_swapped"], state["_swap_results"] = None, {}, {}
+        state["_port_fitter"], state["_swapped"] = None, {}
         return state
 
     def cause_impact(self, case: GoldenCase, candidate: Mapping[str, np.ndarray],
@@ -273,12 +271,10 @@ class FitProducer:
             own = self.fitter
             swapped = SwappedOps(own.main, self.candidate_fitter.main, methods)
             self._swapped[methods] = Fitter(own.model, main_ops=lambda clnf: swapped)
-        # Both modes of a case ask for the same kinds: one fit each (the last case's kept).
-        slot = (str(case.path), methods)
-        if slot not in self._swap_results:
-            self._swap_results = {k: v for k, v in self._swap_results.items() if k[0] == slot[0]}
-            self._swap_results[slot] = fit_impact(case, self._swapped[methods])
-        return self._swap_results[slot]
+        results = self.replays.case_cache(case, "swapped fits")   # both modes ask the same
+        if methods not in results:
+            results[methods] = fit_impact(case, self._swapped[methods])
+        return results[methods]
 
     def __call__(self, case: GoldenCase, mode: str) -> Mapping[str, np.ndarray]:
         fitter = self.candidate_fitter
