@@ -173,3 +173,12 @@ main.add_command(report)
 
 from .cli_fit import fit  # noqa: E402  (registered last: it is self-contained)
 main.add_command(fit)
+
+from .cli_track import track  # noqa: E402  (registered last: it is self-contained)
+main.add_command(track)
+
+from .cli_accuracy import accuracy  # noqa: E402  (registered last: it is self-contained)
+main.add_command(accuracy)
+
+from .cli_cache import cache_group  # noqa: E402  (registered last: it is self-contained)
+main.add_command(cache_group)

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 
 from .cli_support import MODELS_HELP
+from .parameters import PRESETS
 from .detector import detect_faces
 from .errors import EXIT_FIT_FAILED, InputError, OutputError, note_line, warning_line
 from .faults import FAULTS, parse_faults
@@ -113,8 +114,17 @@ def detected_box(gray: np.ndarray, image: Path) -> tuple[float, float, float, fl
               help="Face box in pixels. Without it OpenCV's Haar cascade finds the widest face and "
                    "the detection is described on stderr (not OpenFace's default MTCNN: give a box "
                    "for comparisons that matter). A box partly outside the image is accepted.")
-@click.option("--preset", type=click.Choice(["default", "wild"]), default="default", show_default=True,
-              help="OpenFace's parameter preset.")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default="default",
+              show_default=True,
+              help="OpenFace's parameter preset. wild is all that OpenFace's -wild sets, multi-view "
+                   "hypotheses included (11 initial rotations, the likeliest fit kept); wild-single "
+                   "is the same fit from the frontal start only (how the committed *_wild goldens "
+                   "were made).")
+@click.option("--multi-view", "multi_view", flag_value=True, default=None,
+              help="Try OpenFace's 11 initial rotations and keep the likeliest fit (OpenFace's "
+                   "-multi_view 1) [default: the preset's: on for wild only].")
+@click.option("--single-view", "multi_view", flag_value=False,
+              help="Fit from the frontal start only [default: the preset's].")
 @click.option("--models", "models_dir", type=click.Path(path_type=Path), default=None, help=MODELS_HELP)
 @click.option("--trace-out", type=click.Path(path_type=Path), default=None, metavar="DIR",
               help="Write every stage as a clnfdiag-golden/1 case DIR/<case-id> (usable as a golden, "
@@ -150,7 +160,7 @@ def fit(image: Path, bbox: str | None, preset: str, models_dir: Path | None, tra
         case_id: str | None, overlay: Path | None, fmt: str, no_hierarchical: bool,
         window_sizes: str | None, sigma: float | None, reg: float | None,
         weight_factor: float | None, iterations: int | None, no_refine_parameters: bool,
-        faults: tuple[str, ...]) -> None:
+        faults: tuple[str, ...], multi_view: bool | None = None) -> None:
     """Fit the 68 CLNF landmarks on IMAGE and print them (CSV index,x,y by default).
 
     Hierarchical refinement (part models) is on by default, as in OpenFace;
@@ -180,7 +190,7 @@ def fit(image: Path, bbox: str | None, preset: str, models_dir: Path | None, tra
         window_sizes=parse_windows(window_sizes) if window_sizes is not None else None,
         sigma=sigma, reg_factor=reg, weight_factor=weight_factor, n_iterations=iterations,
         refine_parameters=False if no_refine_parameters else None,
-        refine_hierarchical=False if no_hierarchical else None)
+        refine_hierarchical=False if no_hierarchical else None, multi_view=multi_view)
     img = read_image(image)
     if box is None:
         box = detected_box(to_gray(img, image), image)
@@ -216,6 +226,7 @@ def landmarks_text(result, fmt: str) -> str:
             "success": bool(result.success),
             "bbox": [float(v) for v in result.bbox],
             "hierarchical_used": bool(result.hierarchical_used),
+            "hypothesis": result.hypothesis,  # multi-view: index of the rotation kept (None: one start)
             "parameters": result.parameters.as_dict(),
         }, indent=1)
     lines = ["index,x,y"] + [f"{i},{float(x):.6f},{float(y):.6f}" for i, (x, y) in enumerate(result.landmarks)]

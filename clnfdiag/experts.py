@@ -10,12 +10,14 @@ The three instrumented stages, per landmark (float32, as OpenFace):
   ``Sigma = inv(2·(sum(alpha)·I + Σ_b beta_b·S_b))``;
 * **post-shift** — the post-Sigma map minus its minimum when that is negative.
 
-All landmarks' windows are stacked (im2col over a batch) and multiplied by
-their neuron weights in one batched GEMM; Sigma matrices are built once per
-(scale, view, window) and cached.
+One compiled call per (scale, view) computes every landmark's im2col and
+neuron activations (8 windows x 8 neurons per block of FMA chains in vector
+registers), and one the warps of all areas of interest; Sigma matrices are
+built once per (patch file, view, window) in a process and cached.
 """
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import cv2
@@ -27,7 +29,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .models import CCNFScale
 from .numerics import libm
 from .numerics.cholesky import invert_cholesky
-from .numerics.fma import fma32
+from .numerics.fma import CHAIN_BLOCK, copy_f32x8, fma32, fma_chains_8x8
 from .numerics.sgemm import lane_row_start, lanes16_dot, uses_tree_a
 from .optimiser import expf32
 
@@ -101,23 +103,44 @@ def all_landmarks(maps: np.ndarray, landmarks: np.ndarray, n_points: int) -> np.
 class _RawScratch:
     """Preallocated work arrays of the compiled raw-response path for one response size.
 
-    cols : (K, nb) float32 — one landmark's windows, component-major, normalised
-    in place (row 0 the bias input 1); wsum, wsq, inv : (nb,) float32 — mean,
+    cols : (K, nbw) float32 — one landmark's windows, component-major, normalised
+    in place (row 0 the bias input 1); wsum, wsq, inv : (nbw,) float32 — mean,
     sum of squares, 1/norm; acc : (nb,) float32 — one neuron's FMA chains;
     lanes : (16,) float32 — the sgemm's 16-lane accumulators;
-    neg_act : (v, n, nb) float64 — ``-activation``.
+    neg_act : (v, n, nb) float64 — ``-activation``; blk : (8, 8) float32 — one
+    block of :func:`~clnfdiag.numerics.fma.fma_chains_8x8`; apad : one area,
+    flat, with 16 values to spare (the 16-pixel row copies may read past it).
+
+    The window count ``nb = rh·rw`` is rounded up to ``nbw``, a multiple of
+    :data:`VECTOR_ROUND` covering the last row's 16-pixel copy, so that every
+    per-window loop runs in whole vectors (the extra columns are computed and
+    never read).
     """
 
-    __slots__ = ("cols", "wsum", "wsq", "inv", "acc", "lanes", "neg_act")
+    __slots__ = ("cols", "wsum", "wsq", "inv", "acc", "lanes", "neg_act", "blk", "apad")
 
-    def __init__(self, v: int, n: int, k: int, nb: int):
-        self.cols = np.empty((k, nb), np.float32)
+    def __init__(self, v: int, n: int, k: int, rh: int, rw: int, a_h: int, a_w: int):
+        nb = rh * rw
+        nbw = -(-max(nb, (rh - 1) * rw + 16) // VECTOR_ROUND) * VECTOR_ROUND
+        self.cols = np.zeros((k, nbw), np.float32)
+        self.blk = np.empty((CHAIN_BLOCK, CHAIN_BLOCK), np.float32)
         self.lanes = np.empty(16, np.float32)
-        self.wsum = np.empty(nb, np.float32)
-        self.wsq = np.empty(nb, np.float32)
-        self.inv = np.empty(nb, np.float32)
+        self.wsum = np.empty(nbw, np.float32)
+        self.wsq = np.empty(nbw, np.float32)
+        self.inv = np.empty(nbw, np.float32)
         self.acc = np.empty(nb, np.float32)
         self.neg_act = np.empty((v, n, nb), np.float64)
+        self.apad = np.zeros(a_h * a_w + 16, np.float32)
+
+
+#: Per-window loops are padded to a multiple of this many windows: the vector loop
+#: LLVM makes (8 lanes, unrolled 4 times) then has no scalar remainder.
+VECTOR_ROUND = 32
+
+
+#: Sigma sets of every patch file met by this process: ``{sha256: {view: {window: array}}}``
+#: (see :meth:`ExpertBank.sigma`); a pure function of the file's bytes.
+_SIGMA_SETS: dict[str, dict] = {}
 
 
 class ExpertBank:
@@ -175,7 +198,17 @@ class ExpertBank:
             self.sum_alpha[row] = acc
             self.betas[row, :e.betas.size] = e.betas
             self.confidence[row] = e.patch_confidence
-        self._sigmas: dict = {}
+        #: ``weights`` t-major with the neurons padded to 8, ``(v, K, 8)``: the operand of
+        #: :func:`~clnfdiag.numerics.fma.fma_chains_8x8` (``(0, K, 8)`` above 8 neurons).
+        nw = 0 if k > CHAIN_BLOCK else v
+        self.weights_t8 = np.zeros((nw, 1 + hw, CHAIN_BLOCK), np.float32)
+        self.weights_t8[:, :, :k] = self.weights[:nw].transpose(0, 2, 1)
+        # Sigma matrices depend only on the patch file's contents, the view and the window:
+        # kept per file (its SHA-256, once per process: every Fitter, every load of the same
+        # model) or, for a scale read without one, on the scale object.
+        per_file = (_SIGMA_SETS.setdefault(scale.sha256, {}) if scale.sha256
+                    else scale.__dict__.setdefault("_sigma_cache", {}))
+        self._sigmas: dict = per_file.setdefault(view, {})
         self._scale = scale
         self._buffers: dict[tuple[type, int], np.ndarray] = {}
         self._scratch: dict[tuple[int, int], _RawScratch] = {}
@@ -191,7 +224,8 @@ class ExpertBank:
         s = self._scratch.get(key)
         if s is None:
             s = self._scratch[key] = _RawScratch(
-                len(self.landmarks), self.weights.shape[1], 1 + self.height * self.width, rh * rw)
+                len(self.landmarks), self.weights.shape[1], 1 + self.height * self.width, rh, rw,
+                rh + self.height - 1, rw + self.width - 1)
         return s
 
     def sigma_t(self, window: int) -> np.ndarray:
@@ -202,15 +236,28 @@ class ExpertBank:
         """
         key = (window, "T")
         cached = self._sigmas.get(key)
-        if cached is None:
-            sig = self.sigma(window)
-            if np.array_equal(sig, sig.transpose(0, 2, 1)):
-                cached = sig
-            else:
-                cached = np.ascontiguousarray(sig.transpose(0, 2, 1))
-                cached.flags.writeable = False
-            self._sigmas[key] = cached
+        if cached is not None:
+            return cached
+        with self._sigma_lock(key):
+            cached = self._sigmas.get(key)
+            if cached is None:
+                # Only the transposed set is kept (the fit reads nothing else); :meth:`sigma`
+                # transposes it back when asked (the same bits: a copy).
+                sig = self._sigmas.get(window)
+                if sig is None:
+                    sig = self._compute_sigma(window)
+                if np.array_equal(sig, sig.transpose(0, 2, 1)):
+                    cached = sig
+                else:
+                    cached = np.ascontiguousarray(sig.transpose(0, 2, 1))
+                    cached.flags.writeable = False
+                self._sigmas[key] = cached
         return cached
+
+    def _sigma_lock(self, key) -> threading.Lock:
+        """The lock of one cached Sigma set: computed once even when the load-time warm-up
+        (:mod:`clnfdiag.clnf.warm`) and a fit ask for it at the same time."""
+        return self._sigmas.setdefault(("lock",) + key, threading.Lock())
 
     def buffer(self, dtype: type, n_windows: int) -> np.ndarray:
         """A reusable im2col buffer ``(v, n_windows, 1 + hw)`` per dtype and window count."""
@@ -230,6 +277,20 @@ class ExpertBank:
         cached = self._sigmas.get(window)
         if cached is not None:
             return cached
+        with self._sigma_lock((window,)):
+            cached = self._sigmas.get(window)
+            if cached is None:
+                sig_t = self._sigmas.get((window, "T"))
+                if sig_t is None:
+                    cached = self._compute_sigma(window)
+                else:
+                    cached = np.ascontiguousarray(sig_t.transpose(0, 2, 1))
+                    cached.flags.writeable = False
+                self._sigmas[window] = cached
+        return cached
+
+    def _compute_sigma(self, window: int) -> np.ndarray:
+        """:meth:`sigma` without the cache (read-only result)."""
         n = window * window
         comps = self._scale.sigma_components.get(window)
         if comps is None:
@@ -250,7 +311,6 @@ class ExpertBank:
             # float32 code: the same bits on every CPU, no BLAS involved.
             out[row], _ok = invert_cholesky(inv_sigma)
         out.flags.writeable = False
-        self._sigmas[window] = out
         return out
 
 
@@ -273,8 +333,11 @@ def extract_areas(gray_f32: np.ndarray, landmarks: np.ndarray, sim_ref_to_img: n
     Returns
     -------
     (v, A, A) float32
-        ``cv2.warpAffine`` with WARP_INVERSE_MAP: OpenCV's fixed-point bilinear
-        sampling is part of what the goldens contain, so it is used as is.
+        ``cv2.warpAffine`` with WARP_INVERSE_MAP and a zero constant border:
+        OpenCV's fixed-point bilinear sampling is part of what the goldens
+        contain. The bilinear warp of every landmark runs in one compiled call
+        (:func:`_warp_areas_nb`, OpenCV's arithmetic); the nearest-neighbour
+        one (a fault) calls OpenCV per landmark.
     """
     a1 = F32(sim_ref_to_img[0, 0])
     b1 = F32(-sim_ref_to_img[0, 1])
@@ -292,11 +355,116 @@ def extract_areas(gray_f32: np.ndarray, landmarks: np.ndarray, sim_ref_to_img: n
     mats[:, 1, 0] = b1
     mats[:, 1, 1] = a1
     mats[:, 1, 2] = lm[:, 1] - a1 * half - b1 * half
+    if not nearest and gray_f32.dtype == np.float32 and gray_f32.ndim == 2:
+        _warp_areas_nb(np.ascontiguousarray(gray_f32), mats.astype(np.float64), _BILINEAR_TAB, out)
+        return out
     warp, size = cv2.warpAffine, (side, side)
     for row in range(idx.shape[0]):
         warp(gray_f32, mats[row], size, dst=out[row], flags=flags,
              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out
+
+
+#: OpenCV's warp sub-pixel resolution: coordinates in 1/32 px (``INTER_BITS``) ...
+_INTER_BITS = 5
+#: ... computed in 1/1024 px (``AB_BITS``), rounded to the nearest 1/32 by adding half of it.
+_AB_BITS = 10
+_AB_SCALE = float(1 << _AB_BITS)
+_ROUND_DELTA = (1 << _AB_BITS) // (1 << _INTER_BITS) // 2
+
+
+def _bilinear_table() -> np.ndarray:
+    """OpenCV's ``BilinearTab_f``: (32·32, 4) float32, row ``ky·32 + kx`` the weights
+    ``(1-y)(1-x), (1-y)x, y(1-x), yx`` of the taps at ``(x, y) = (kx, ky)/32`` (float32
+    products of the 1-D weights ``1 - t, t``; all exact)."""
+    n = 1 << _INTER_BITS
+    t = np.arange(n, dtype=F32) * (F32(1) / F32(n))
+    one = F32(1)
+    tab = np.empty((n, n, 4), F32)
+    tab[:, :, 0] = ((one - t)[:, None] * (one - t)[None, :])
+    tab[:, :, 1] = ((one - t)[:, None] * t[None, :])
+    tab[:, :, 2] = (t[:, None] * (one - t)[None, :])
+    tab[:, :, 3] = (t[:, None] * t[None, :])
+    return tab.reshape(n * n, 4)
+
+
+_BILINEAR_TAB = _bilinear_table()
+
+
+@_njit
+def _warp_areas_nb(src, mats, tab, out):  # pragma: no cover - compiled
+    """``cv::warpAffine(src, dst, M, size, WARP_INVERSE_MAP | INTER_LINEAR, BORDER_CONSTANT, 0)``
+    of float32 ``src`` for every ``M = mats[i]`` (float64, as OpenCV converts it) into ``out[i]``.
+
+    OpenCV's ``WarpAffineInvoker`` and ``remapBilinear``: per destination pixel
+    ``(x, y)`` the source position in 1/1024 px, ``X = cvRound((M01·y + M02)·1024) + 16
+    + cvRound(M00·x·1024)`` (and ``Y`` with ``M1*``), shifted to 1/32 px; its integer
+    part (saturated to 16 bits) is the top-left tap, its fraction picks the weights
+    of :data:`_BILINEAR_TAB`; ``D = ((s00·w0 + s01·w1) + s10·w2) + s11·w3`` in float32,
+    a tap outside the image reading 0, and 0 when all four are outside. Bit-identical
+    to ``cv2.warpAffine`` (tests/test_warp.py) and independent of the CPU (integer
+    coordinates, float32 operations in a fixed order).
+    """
+    h, w = src.shape
+    v, side, _ = out.shape
+    shift = _AB_BITS - _INTER_BITS
+    mask = (1 << _INTER_BITS) - 1
+    zero = np.float32(0.0)
+    adelta = np.empty(side, np.int64)
+    bdelta = np.empty(side, np.int64)
+    for i in range(v):
+        m00, m01, m02 = mats[i, 0, 0], mats[i, 0, 1], mats[i, 0, 2]
+        m10, m11, m12 = mats[i, 1, 0], mats[i, 1, 1], mats[i, 1, 2]
+        for x in range(side):                      # OpenCV's per-column deltas
+            adelta[x] = _sat_int(np.rint(m00 * x * _AB_SCALE))
+            bdelta[x] = _sat_int(np.rint(m10 * x * _AB_SCALE))
+        dst = out[i]
+        for y in range(side):
+            x0 = _sat_int(np.rint((m01 * y + m02) * _AB_SCALE)) + _ROUND_DELTA
+            y0 = _sat_int(np.rint((m11 * y + m12) * _AB_SCALE)) + _ROUND_DELTA
+            for x in range(side):
+                xx = (x0 + adelta[x]) >> shift
+                yy = (y0 + bdelta[x]) >> shift
+                sx = _sat_short(xx >> _INTER_BITS)
+                sy = _sat_short(yy >> _INTER_BITS)
+                wt = tab[(yy & mask) * (mask + 1) + (xx & mask)]
+                if 0 <= sx < w - 1 and 0 <= sy < h - 1:
+                    dst[y, x] = (src[sy, sx] * wt[0] + src[sy, sx + 1] * wt[1]
+                                 + src[sy + 1, sx] * wt[2] + src[sy + 1, sx + 1] * wt[3])
+                elif sx >= w or sx + 1 < 0 or sy >= h or sy + 1 < 0:
+                    dst[y, x] = zero
+                else:
+                    in_x0 = 0 <= sx < w
+                    in_x1 = 0 <= sx + 1 < w
+                    in_y0 = 0 <= sy < h
+                    in_y1 = 0 <= sy + 1 < h
+                    v0 = src[sy, sx] if in_x0 and in_y0 else zero
+                    v1 = src[sy, sx + 1] if in_x1 and in_y0 else zero
+                    v2 = src[sy + 1, sx] if in_x0 and in_y1 else zero
+                    v3 = src[sy + 1, sx + 1] if in_x1 and in_y1 else zero
+                    dst[y, x] = v0 * wt[0] + v1 * wt[1] + v2 * wt[2] + v3 * wt[3]
+
+
+@_njit
+def _sat_int(d):  # pragma: no cover - compiled
+    """``saturate_cast<int>`` of an already rounded double (NaN: x86's INT_MIN)."""
+    if d != d:
+        return np.int64(-2147483648)
+    if d >= 2147483647.0:
+        return np.int64(2147483647)
+    if d <= -2147483648.0:
+        return np.int64(-2147483648)
+    return np.int64(d)
+
+
+@_njit
+def _sat_short(k):  # pragma: no cover - compiled
+    """``saturate_cast<short>``."""
+    if k > 32767:
+        return 32767
+    if k < -32768:
+        return -32768
+    return k
 
 
 def _im2col_kmajor(areas: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -445,8 +613,9 @@ def _fma_gemm(cols: np.ndarray, weights: np.ndarray, n_neurons: np.ndarray,
 
 
 @_njit
-def _ccnf_neg_activations(areas, weights, n_neurons, height, width, rh, rw,
-                          cols, wsum, wsq, inv, acc, lanes, neg_act):  # pragma: no cover - compiled
+def _ccnf_neg_activations(areas, weights, weights_t8, n_neurons, height, width, rh, rw,
+                          cols, wsum, wsq, inv, acc, lanes, neg_act, blk,
+                          apad):  # pragma: no cover - compiled
     """``neg_act[i, j, b] = -(weights[i, j] · window_b)`` in float64 (float32 values).
 
     Per landmark, one pass: the im2col with OpenFace's contrast normalisation
@@ -460,54 +629,89 @@ def _ccnf_neg_activations(areas, weights, n_neurons, height, width, rh, rw,
     n = weights.shape[1]
     k = weights.shape[2]
     nb = rh * rw
+    nbw = cols.shape[1]                 # nb rounded up (see _RawScratch): the vector width
+    a_h = areas.shape[1]
+    a_w = areas.shape[2]
     fhw = np.float32(height * width)
-    for b in range(nb):
+    # Window rows copied 8 or 16 pixels at a time (one or two vector moves; what a row
+    # copies beyond its rw windows lands on the next row's, rewritten next), then the
+    # sums over whole rows of cols: every window gets the same operations in the same
+    # order as pixel by pixel, and the padded columns are never read back.
+    fast = rw <= 16 and (rh - 1) * rw + 16 <= nbw and apad.shape[0] >= a_h * a_w + 16
+    for b in range(nbw):
         cols[0, b] = 1.0
     for i in range(v):
-        for b in range(nb):
+        for b in range(nbw):
             wsum[b] = 0.0
             wsq[b] = 0.0
         # Pixels to slab 1 + xx*h + yy; sequential float32 sum, yy outer, xx inner.
-        for yy in range(height):
-            for xx in range(width):
-                row = cols[1 + xx * height + yy]
-                for y in range(rh):
-                    base = y * rw
-                    src = areas[i, y + yy, xx:xx + rw]
-                    for x in range(rw):
-                        p = src[x]
-                        row[base + x] = p
-                        wsum[base + x] = wsum[base + x] + p
-        for b in range(nb):
+        if fast:
+            src = areas[i]
+            for y in range(a_h):
+                for x in range(a_w):
+                    apad[y * a_w + x] = src[y, x]
+            for yy in range(height):
+                for xx in range(width):
+                    row = cols[1 + xx * height + yy]
+                    for y in range(rh):
+                        o = (y + yy) * a_w + xx
+                        copy_f32x8(row, y * rw, apad, o)
+                        if rw > 8:
+                            copy_f32x8(row, y * rw + 8, apad, o + 8)
+            for yy in range(height):
+                for xx in range(width):
+                    row = cols[1 + xx * height + yy]
+                    for b in range(nbw):
+                        wsum[b] = wsum[b] + row[b]
+        else:
+            for yy in range(height):
+                for xx in range(width):
+                    row = cols[1 + xx * height + yy]
+                    for y in range(rh):
+                        base = y * rw
+                        for x in range(rw):
+                            p = areas[i, y + yy, xx + x]
+                            row[base + x] = p
+                            wsum[base + x] = wsum[base + x] + p
+        for b in range(nbw):
             wsum[b] = wsum[b] / fhw                                   # the mean
         # Mean removed; rounded squares summed in column-major order t = 1..hw.
         for t in range(1, k):
             row = cols[t]
-            for b in range(nb):
+            for b in range(nbw):
                 d = row[b] - wsum[b]
                 row[b] = d
                 wsq[b] = wsq[b] + d * d
-        for b in range(nb):
+        for b in range(nbw):
             nrm = np.sqrt(wsq[b])
             if nrm == np.float32(0.0):
                 nrm = np.float32(1.0)
             inv[b] = np.float32(1.0 / np.float64(nrm))                # 1.0 / norm in double
         for t in range(1, k):
             row = cols[t]
-            for b in range(nb):
+            for b in range(nbw):
                 row[b] = row[b] * inv[b]
         # sgemm: one float32 FMA chain per window, then the kernel's 16-lane windows.
-        for j in range(n):
-            for b in range(nb):
-                acc[b] = 0.0
-            for t in range(k):
-                c = cols[t]
-                w = weights[i, j, t]
+        if weights_t8.shape[0] > 0:
+            # 8 windows x 8 neurons per block, the 64 chains in registers.
+            for b0 in range(0, nb, 8):
+                fma_chains_8x8(cols, weights_t8[i], b0, blk)
+                for j in range(n):
+                    o = neg_act[i, j]
+                    for l in range(min(8, nb - b0)):
+                        o[b0 + l] = -np.float64(blk[j, l])
+        else:
+            for j in range(n):
                 for b in range(nb):
-                    acc[b] = fma32(c[b], w, acc[b])
-            o = neg_act[i, j]
-            for b in range(nb):
-                o[b] = -np.float64(acc[b])
+                    acc[b] = 0.0
+                for t in range(k):
+                    c = cols[t]
+                    w = weights[i, j, t]
+                    for b in range(nb):
+                        acc[b] = fma32(c[b], w, acc[b])
+                o = neg_act[i, j]
+                for b in range(nb):
+                    o[b] = -np.float64(acc[b])
         _lane_windows(cols, weights[i], n_neurons[i], rh, rw, lanes, neg_act[i], -1.0)
 
 
@@ -584,8 +788,9 @@ def raw_response(bank: ExpertBank, areas: np.ndarray) -> np.ndarray:
         return _raw_response_numpy(bank, areas)
     a = np.ascontiguousarray(areas, dtype=np.float32)
     s = bank.raw_scratch(rh, rw)
-    _ccnf_neg_activations(a, bank.weights, bank.n_neurons, bank.height, bank.width, rh, rw,
-                          s.cols, s.wsum, s.wsq, s.inv, s.acc, s.lanes, s.neg_act)
+    _ccnf_neg_activations(a, bank.weights, bank.weights_t8, bank.n_neurons, bank.height,
+                          bank.width, rh, rw, s.cols, s.wsum, s.wsq, s.inv, s.acc, s.lanes,
+                          s.neg_act, s.blk, s.apad)
     out = np.empty((v, rh, rw), np.float32)
     ta = two_alpha if two_alpha.dtype == np.float64 and two_alpha.flags.c_contiguous \
         else np.ascontiguousarray(two_alpha, np.float64)
@@ -680,9 +885,37 @@ def shift_response(sigma_maps: np.ndarray) -> np.ndarray:
     -------
     (v, w, w) float32
     """
+    if sigma_maps.dtype == np.float32 and sigma_maps.ndim == 3:
+        out = np.empty(sigma_maps.shape, np.float32)
+        _shift_nb(np.ascontiguousarray(sigma_maps), out)
+        return out
     mins = sigma_maps.min(axis=(1, 2), keepdims=True)
     out = np.where(mins < 0, sigma_maps - mins, sigma_maps)
     return out.astype(sigma_maps.dtype, copy=False)
+
+
+@_njit
+def _shift_nb(maps, out):  # pragma: no cover - compiled
+    """:func:`shift_response` of float32 maps: the minimum as numpy's (NaN when a value is
+    NaN, so no shift), then ``map - min`` in float32 when it is negative, else a copy."""
+    v, h, w = maps.shape
+    for i in range(v):
+        src = maps[i].reshape(h * w)
+        dst = out[i].reshape(h * w)
+        m = src[0]
+        for j in range(h * w):
+            x = src[j]
+            if np.isnan(x):
+                m = x
+                break
+            if x < m:
+                m = x
+        if m < 0:
+            for j in range(h * w):
+                dst[j] = src[j] - m
+        else:
+            for j in range(h * w):
+                dst[j] = src[j]
 
 
 @_njit

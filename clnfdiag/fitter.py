@@ -27,12 +27,14 @@ from typing import Any
 import cv2
 import numpy as np
 
-from .clnf.loop import NO_HOOK, PhaseOutcome, fit_passes
+from .clnf.loop import NO_HOOK, NO_LANDMARK_LIKELIHOOD, NO_LIKELIHOOD, PhaseOutcome, fit_passes
 from .clnf.ops import OpenFaceOps
 from .clnf.protocol import StageHook, Where
+from .clnf.warm import warm_up
 from .detector import detect_face
 from .errors import InputError
 from .faults import NO_FAULTS, with_faults
+from .keys import hypothesis_prefix
 from .models import Model, PartModel, load_model
 from .parameters import FitParameters, preset
 from .trace import Recorder
@@ -41,6 +43,21 @@ F32 = np.float32
 
 #: A part model runs only when the face scale exceeds this times its patch scale.
 PART_SCALE_RATIO = 0.9
+
+#: OpenFace's multi-view initial rotations ``(pitch, yaw, roll)`` in radians, in the order its
+#: ``DetectLandmarksInImage`` tries them: frontal, yaw ±30°, ±55°, roll ±30°, yaw ±90°, and
+#: yaw ±70° with roll ∓40°. OpenFace writes them as doubles; ``PDM::CalcParams`` takes them
+#: as floats (``calc_params_from_bbox`` rounds them to float32 the same way).
+ROTATION_HYPOTHESES: tuple[tuple[float, float, float], ...] = (
+    (0.0, 0.0, 0.0),
+    (0.0, -0.5236, 0.0), (0.0, 0.5236, 0.0),
+    (0.0, -0.96, 0.0), (0.0, 0.96, 0.0),
+    (0.0, 0.0, 0.5236), (0.0, 0.0, -0.5236),
+    (0.0, -1.57, 0.0), (0.0, 1.57, 0.0),
+    (0.0, -1.22, 0.698), (0.0, 1.22, -0.698),
+)
+#: The single start of a fit without multi-view hypotheses.
+FRONTAL = ROTATION_HYPOTHESES[0]
 
 
 @dataclass
@@ -59,11 +76,15 @@ class FitResult:
     landmark_likelihoods : (n,) float32
     success : bool
         False when the face was too small to fit (OpenFace's own verdict).
-    bbox : tuple
-        The box the fit started from.
+    bbox : tuple or None
+        The box the fit started from (None: from parameters, e.g. a tracked frame).
     phases : list[PhaseOutcome]
     stages : dict[str, numpy.ndarray]
         The trace (empty when tracing was off).
+    hypothesis : int or None
+        With ``multi_view``: the index into :data:`ROTATION_HYPOTHESES` of the fit kept.
+    hypothesis_likelihoods : tuple of float
+        With ``multi_view``: each hypothesis's model likelihood as the selection saw it.
     """
 
     landmarks: np.ndarray
@@ -72,21 +93,28 @@ class FitResult:
     likelihood: float
     landmark_likelihoods: np.ndarray
     success: bool
-    bbox: tuple[float, float, float, float]
+    bbox: tuple[float, float, float, float] | None
     parameters: FitParameters
     phases: list[PhaseOutcome] = field(default_factory=list)
     stages: dict[str, np.ndarray] = field(default_factory=dict)
     hierarchical_used: bool = False
+    hypothesis: int | None = None
+    hypothesis_likelihoods: tuple[float, ...] = ()
 
     def result_manifest(self) -> dict[str, Any]:
         """The ``result`` block of a golden manifest."""
-        return {
+        out = {
             "success": bool(self.success),
             "likelihood": float(self.likelihood),
             "phases": [{"pass": p.pass_index, "window_size": p.window_size, "phase": p.phase,
                         "updates": p.updates, "last_shape_change_norm": p.last_shape_change_norm}
                        for p in self.phases],
         }
+        if self.hypothesis is not None:
+            out["multi_view"] = {"chosen": self.hypothesis,
+                                 "rotations": [list(r) for r in ROTATION_HYPOTHESES],
+                                 "likelihoods": [float(v) for v in self.hypothesis_likelihoods]}
+        return out
 
 
 # ------------------------------------------------------------------ image input
@@ -175,6 +203,9 @@ class Fitter:
         # ``main_ops``: a factory of the main model's stages (a port adapter); default clnfdiag's.
         self.main = (main_ops or OpenFaceOps)(self.model.main)
         self.parts = [(part, OpenFaceOps(part.model)) for part in self.model.parts]
+        if main_ops is None:
+            # Compiled kernels and per-model Sigma matrices loaded now, not on the first fit.
+            warm_up(self)
 
     def fit(self, image: str | Path | np.ndarray, bbox=None,
             parameters: str | FitParameters = "default", trace: bool = False,
@@ -189,7 +220,8 @@ class Fitter:
             Face box; without one, OpenCV's Haar cascade finds the widest face
             (raising :class:`InputError` when there is none).
         parameters : str or FitParameters
-            A preset name (``default``, ``wild``) or explicit parameters.
+            A preset name (``default``, ``wild`` — multi-view, as OpenFace's ``-wild`` —,
+            ``wild-single``) or explicit parameters.
         trace : bool
             Record every stage into ``result.stages``.
         faults : iterable of str
@@ -216,34 +248,147 @@ class Fitter:
 
         ``hook`` sees every stage (a :class:`~clnfdiag.trace.Recorder` traces
         them; the comparison's producers feed golden or candidate values through
-        it); ``faults`` are injected by name.
+        it); ``faults`` are injected by name. With ``p.multi_view`` the fit is
+        :meth:`fit_hypotheses`; otherwise one fit from the frontal start.
         """
-        ops = with_faults(self.main, faults)
+        if p.multi_view:
+            return self.fit_hypotheses(gray, box, p, hook, faults)
+        return self._fit_from(gray, box, p, hook, faults, FRONTAL)
+
+    def fit_hypotheses(self, gray: np.ndarray, box, p: FitParameters, hook: StageHook = NO_HOOK,
+                       faults=NO_FAULTS) -> FitResult:
+        """OpenFace's multi-view fit (``DetectLandmarksInImageMultiHypBasic``).
+
+        Each rotation of :data:`ROTATION_HYPOTHESES`, in order, starts a whole fit
+        (zero local parameters, global parameters from the box with that rotation,
+        every pass, hierarchical refinement when on). The fit kept is the first one
+        whose model likelihood is strictly higher than every earlier one's: OpenFace
+        replaces its best only on ``best < likelihood``, so a tie keeps the earlier
+        hypothesis. A hypothesis that stops (face too small) before its likelihood is
+        taken leaves OpenFace's model likelihood as the previous hypothesis left it,
+        so it is judged by that value (and can then never win over it). OpenFace
+        holds no other state between hypotheses (``CalcParams`` from landmarks
+        starts from zero rotation; part models start from the main landmarks).
+
+        Tracing: each hypothesis is traced under ``hypothesisNN/``
+        (:func:`clnfdiag.keys.hypothesis_prefix`); the one kept is then fitted
+        again under the main keys, so the main trace is the chosen fit exactly as a
+        single-start fit from that rotation records it.
+
+        Parameters
+        ----------
+        gray : (H, W) uint8
+        box : (x, y, w, h) checked box
+        p : FitParameters
+        hook : StageHook
+        faults : iterable of str
+
+        Returns
+        -------
+        FitResult
+            The kept fit, with ``hypothesis`` and ``hypothesis_likelihoods`` set.
+        """
         on = hook.enabled
-        loc = self.main.pdm.zero_local()
-        g = self.main.pdm.calc_params_from_bbox(box, loc)
+        best: FitResult | None = None
+        best_index, best_lh = 0, F32(0)
+        seen = F32(NO_LIKELIHOOD)  # the model's likelihood before any hypothesis ran
+        likelihoods: list[float] = []
+        for h, rotation in enumerate(ROTATION_HYPOTHESES):
+            sub = hook.scoped(hypothesis_prefix(h)) if on else hook
+            r = self._fit_from(gray, box, p, sub, faults, rotation, record_input=False)
+            # float32, as OpenFace's ``model_likelihood`` member.
+            seen = F32(r.likelihood) if _took_likelihood(r) else seen
+            likelihoods.append(float(seen))
+            if best is None or best_lh < seen:
+                best, best_index, best_lh = r, h, seen
+        assert best is not None
         if on:
-            gray = hook.stage(Where("input/gray"), gray, np.uint8)
+            best = self._fit_from(gray, box, p, hook, faults, ROTATION_HYPOTHESES[best_index])
+        best.hypothesis = best_index
+        best.hypothesis_likelihoods = tuple(likelihoods)
+        best.likelihood = float(best_lh)
+        return best
+
+    def _fit_from(self, gray: np.ndarray, box, p: FitParameters, hook: StageHook, faults,
+                  rotation, record_input: bool = True) -> FitResult:
+        """One fit from the box placed with ``rotation`` (``(pitch, yaw, roll)``, radians).
+
+        ``record_input`` False leaves ``input/gray`` out of the trace (a multi-view
+        hypothesis: the picture is recorded once, under the main keys).
+        """
+        loc = self.main.pdm.zero_local()
+        g = self.main.pdm.calc_params_from_bbox(box, loc, rotation)
+        return self.fit_from_params(gray, g, loc, p, hook, with_faults(self.main, faults), faults,
+                                    record_input=record_input, box=tuple(box))
+
+    def fit_from_params(self, gray: np.ndarray, g: np.ndarray, loc: np.ndarray, p: FitParameters,
+                        hook: StageHook = NO_HOOK, ops=None, faults=NO_FAULTS, *,
+                        gray_f32: np.ndarray | None = None, record_input: bool = True,
+                        box=None, kept_likelihood=None) -> FitResult:
+        """OpenFace's ``CLNF::DetectLandmarks`` from given parameters: every pass, then the parts.
+
+        The one fit behind :meth:`fit_gray` (parameters placed on a box), each
+        multi-view hypothesis and every frame of :class:`~clnfdiag.tracking.Tracker`
+        (parameters carried from the previous frame).
+
+        Parameters
+        ----------
+        gray : (H, W) uint8
+        g, loc : (6,), (m,) float32
+            Initial global and local parameters.
+        p : FitParameters
+            ``p.window_sizes`` are the windows this fit uses (OpenFace's ``window_sizes_current``).
+        hook : StageHook
+        ops : StageOps, optional
+            The main model's stages (faults already applied); default ``self.main`` with ``faults``.
+        faults : iterable of str
+            Injected into the part models' fits.
+        gray_f32 : (H, W) float32, optional
+            ``gray`` as float32, when the caller already has it.
+        record_input : bool
+            Record ``input/gray`` (once per picture).
+        box : tuple, optional
+            The box the parameters came from (kept in the result).
+        kept_likelihood : (float, (n,) float32 or None), optional
+            The likelihoods OpenFace's CLNF object holds from before: a fit that
+            stops (face too small) before the likelihoods are taken leaves them
+            as they were, so the result reports these. ``None``: report the
+            loop's own "never taken" values, as a fresh object would.
+
+        Returns
+        -------
+        FitResult
+        """
+        ops = ops if ops is not None else with_faults(self.main, faults)
+        on = hook.enabled
+        if on:
+            if record_input:
+                gray = hook.stage(Where("input/gray"), gray, np.uint8)
             g = hook.stage(Where("init/params_global"), g, F32)
             loc = hook.stage(Where("init/params_local"), loc, F32)
             hook.stage(Where("init/shape"), ops.shape_2d(loc, g), F32)
-        gray_f32 = np.asarray(gray).astype(F32)
+        if gray_f32 is None:
+            gray_f32 = np.asarray(gray).astype(F32)
         out = fit_passes(ops, gray_f32, g, loc, p, hook)
         g, loc = out.params_global, out.params_local
         landmarks = ops.shape_2d(loc, g)
         used = False
         if p.refine_hierarchical and self.parts:
             landmarks, g, loc, used = self.refine(gray_f32, landmarks, g, loc, hook, faults)
+        likelihood, lms = out.likelihood, out.landmark_likelihoods
+        if kept_likelihood is not None and not _likelihoods_taken(lms):
+            likelihood, lms = kept_likelihood
         if on:
             landmarks = hook.stage(Where("final/landmarks"), landmarks, F32)
             g = hook.stage(Where("final/params_global"), g, F32)
             loc = hook.stage(Where("final/params_local"), loc, F32)
-            hook.stage(Where("final/likelihood"), out.likelihood, F32)
-            hook.stage(Where("final/landmark_likelihoods"), out.landmark_likelihoods, F32)
+            hook.stage(Where("final/likelihood"), likelihood, F32)
+            if lms is not None:
+                hook.stage(Where("final/landmark_likelihoods"), lms, F32)
             hook.stage(Where("final/success"), int(out.success), np.int32)
         stages = dict(hook.stages) if isinstance(hook, Recorder) else {}
-        return FitResult(landmarks, g, loc, out.likelihood, out.landmark_likelihoods,
-                         out.success, tuple(box), p, out.phases, stages, used)
+        return FitResult(landmarks, g, loc, likelihood, lms, out.success, box, p, out.phases,
+                         stages, used)
 
     def refine(self, gray_f32: np.ndarray, landmarks: np.ndarray, g: np.ndarray, loc: np.ndarray,
                hook: StageHook = NO_HOOK, faults=NO_FAULTS):
@@ -303,3 +448,17 @@ class Fitter:
             refined[part.mapping[:, 0]] = part_out[part.mapping[:, 1]]
         g, loc = self.main.pdm.calc_params_from_landmarks(refined)
         return self.main.shape_2d(loc, g), g, loc, True
+
+
+def _took_likelihood(result: FitResult) -> bool:
+    """True if the fit's last pass took the likelihoods (not when it stopped, face too small, before)."""
+    return _likelihoods_taken(result.landmark_likelihoods)
+
+
+def _likelihoods_taken(landmark_likelihoods: np.ndarray | None) -> bool:
+    """False while every per-landmark likelihood still holds the loop's "never evaluated" value.
+
+    Once taken, the visible landmarks (every view has some) hold real values.
+    """
+    return landmark_likelihoods is not None and not bool(
+        np.all(landmark_likelihoods == NO_LANDMARK_LIKELIHOOD))

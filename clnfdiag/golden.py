@@ -18,6 +18,7 @@ import math
 import os
 import re
 import shutil
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -28,9 +29,10 @@ from typing import Any, NamedTuple
 import cv2
 import numpy as np
 
+from . import cache
 from .errors import ClnfdiagError, GoldenError, InputError, OutputError
 from .models.locate import sha256_file
-from .keys import PHASES, iteration_of, parse, split_part
+from .keys import PHASES, iteration_of, parse, split_hypothesis, split_part
 from .trace import Recorder
 from .outputs import staged_folder
 
@@ -149,8 +151,13 @@ def stage_meaning(key: str) -> str | None:
 
     A part model's own fit is traced under ``hierarchical/<part>/`` with the
     main model's keys (``hierarchical/inner/pass0/response``): those take the
-    main key's meaning, marked with the part.
+    main key's meaning, marked with the part. A multi-view hypothesis's fit is traced under
+    ``hypothesisNN/`` with the main keys: those take the main key's meaning, marked likewise.
     """
+    hypothesis, key = split_hypothesis(key)
+    if hypothesis is not None:
+        meaning = stage_meaning(key)
+        return None if meaning is None else f"{meaning} (multi-view hypothesis {hypothesis})"
     meaning = STAGE_MEANINGS.get(key)
     if meaning is None:
         part, main_key = split_part(key)
@@ -167,12 +174,41 @@ class _Stages(Mapping):
     Arrays are decompressed on first access and cached, because comparators
     read the same stage several times; cached arrays are read-only so that
     in-place work on a golden value cannot change what later readers see.
+
+    The archive is read by :func:`_zip_members` (one read of the file, members
+    decompressed with zlib on demand, each checked against its CRC-32) and each
+    member's ``.npy`` header by :func:`_npy_array`: ``numpy.load`` opens a
+    zipfile member and evaluates a Python-literal header per array, ~0.3 ms each,
+    and a golden holds ~600 small arrays. Anything those two do not recognise
+    (zip64, encryption, another compression, an unusual header, a short member,
+    a CRC mismatch) is left to ``numpy.load``, so a damaged archive is reported
+    exactly as before.
     """
 
     def __init__(self, path: Path):
         self.path = path
         self._npz: np.lib.npyio.NpzFile | None = None
+        self._members: dict[str, tuple[int, int, int, int, int]] | None = None
+        self._raw: bytes | None = None
         self._cache: dict[str, np.ndarray] = {}
+
+    def _files(self) -> Any:
+        """Stage keys in archive order (opens the archive): a dict of members or numpy's list."""
+        if self._members is not None:
+            return self._members
+        if self._npz is not None:
+            return self._npz.files
+        if not self.path.is_file():
+            raise GoldenError("missing", self.path)
+        try:
+            raw = self.path.read_bytes()
+        except OSError as exc:
+            raise GoldenError(f"not a valid .npz archive ({exc})", self.path) from None
+        members = _zip_members(raw)
+        if members is not None:
+            self._raw, self._members = raw, members
+            return members
+        return self._open().files
 
     def _open(self) -> np.lib.npyio.NpzFile:
         if self._npz is None:
@@ -189,15 +225,24 @@ class _Stages(Mapping):
             self._npz = npz
         return self._npz
 
+    def raw_bytes(self) -> bytes:
+        """The archive's bytes (read once; for content hashes)."""
+        self._files()
+        return self._raw if self._raw is not None else self.path.read_bytes()
+
     def __getitem__(self, key: str) -> np.ndarray:
         if key not in self._cache:
-            npz = self._open()
-            if key not in npz.files:
+            arr = None
+            if key in self:
+                if self._members is not None:
+                    arr = _npy_array(_member_bytes(self._raw, self._members[key]))
+                if arr is None:  # left to numpy (and its error messages)
+                    try:
+                        arr = self._open()[key]
+                    except _NPZ_ERRORS as exc:
+                        raise GoldenError(f"cannot read array ({exc})", self.path, key) from None
+            else:
                 raise GoldenError("no such stage", self.path, key)
-            try:
-                arr = npz[key]
-            except _NPZ_ERRORS as exc:
-                raise GoldenError(f"cannot read array ({exc})", self.path, key) from None
             arr.flags.writeable = False
             self._cache[key] = arr
         return self._cache[key]
@@ -207,18 +252,107 @@ class _Stages(Mapping):
         return self[key] if key in self else default
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._open().files)
+        return iter(list(self._files()))
 
     def __len__(self) -> int:
-        return len(self._open().files)
+        return len(self._files())
 
     def __contains__(self, key: object) -> bool:
-        return key in self._open().files
+        return key in self._files()
 
     def close(self) -> None:
+        self._raw = self._members = None
         if self._npz is not None:
             self._npz.close()
             self._npz = None
+
+
+#: Zip signatures and the layouts (struct formats) read by :func:`_zip_members`.
+_EOCD = b"PK\x05\x06"
+_CENTRAL = struct.Struct("<4s6H3I5H2I")
+_LOCAL = struct.Struct("<4s5H3I2H")
+
+
+def _zip_members(raw: bytes) -> dict[str, tuple[int, int, int, int, int]] | None:
+    """The members of an ``.npz`` held in ``raw``, from its central directory.
+
+    Returns
+    -------
+    dict or None
+        ``key -> (method, crc32, compressed size, uncompressed size, data offset)``
+        with ``key`` the member name without ``.npy``, in archive order; None for
+        anything but a plain single-disk archive of uniquely named ``.npy``
+        members, stored or deflated, unencrypted (zip64, comments holding the
+        end signature, ...): those are read by ``numpy.load``.
+    """
+    eocd = raw.rfind(_EOCD, max(0, len(raw) - 65557))
+    if eocd < 0 or eocd + 22 > len(raw):
+        return None
+    disk, cd_disk, n_here, n_total, cd_size, cd_offset = struct.unpack_from("<4H2I", raw, eocd + 4)
+    if disk or cd_disk or n_here != n_total or cd_offset + cd_size > eocd or n_total == 0xFFFF:
+        return None
+    out: dict[str, tuple[int, int, int, int, int]] = {}
+    pos = cd_offset
+    try:
+        for _ in range(n_total):
+            (sig, _made, _need, flags, method, _time, _date, crc, csize, usize, nlen, xlen, clen,
+             _dstart, _iattr, _eattr, local) = _CENTRAL.unpack_from(raw, pos)
+            name = raw[pos + 46:pos + 46 + nlen].decode("utf-8")
+            pos += 46 + nlen + xlen + clen
+            if (sig != b"PK\x01\x02" or flags & 0x1 or method not in (0, 8) or not name.endswith(".npy")
+                    or 0xFFFFFFFF in (csize, usize, local)):
+                return None
+            lsig, *_rest, lnlen, lxlen = _LOCAL.unpack_from(raw, local)
+            start = local + _LOCAL.size + lnlen + lxlen
+            key = name[:-4]
+            if lsig != b"PK\x03\x04" or start + csize > len(raw) or key in out:
+                return None
+            out[key] = (method, crc, csize, usize, start)
+    except (struct.error, UnicodeDecodeError):
+        return None
+    return out
+
+
+def _member_bytes(raw: bytes, member: tuple[int, int, int, int, int]) -> bytes | None:
+    """A member's uncompressed bytes, or None when they do not inflate to its size and CRC-32."""
+    method, crc, csize, usize, start = member
+    data = raw[start:start + csize]
+    if method == 8:
+        try:
+            data = zlib.decompress(data, -15)
+        except zlib.error:
+            return None
+    if len(data) != usize or zlib.crc32(data) != crc:
+        return None
+    return data
+
+
+#: The header numpy writes for a plain array (``numpy.lib.format``): descr, order, shape.
+_NPY_HEADER = re.compile(r"\{'descr': '([<>|][biuf][1-8])', 'fortran_order': False, "
+                         r"'shape': \(((?:\d+, )*(?:\d+,?)?)\), \} *\n")
+
+
+def _npy_array(data: bytes | None) -> np.ndarray | None:
+    """The array of one ``.npy`` member (read-only view of ``data``), or None when its header
+    is not the plain one numpy writes for a C-ordered numeric array of the right length."""
+    if data is None or data[:6] != b"\x93NUMPY" or len(data) < 10:
+        return None
+    major = data[6]
+    if major == 1:
+        hlen, hstart = int.from_bytes(data[8:10], "little"), 10
+    elif major in (2, 3) and len(data) >= 12:
+        hlen, hstart = int.from_bytes(data[8:12], "little"), 12
+    else:
+        return None
+    m = _NPY_HEADER.fullmatch(data[hstart:hstart + hlen].decode("latin1"))
+    if m is None:
+        return None
+    dtype = np.dtype(m.group(1))
+    shape = tuple(int(v) for v in m.group(2).replace(",", " ").split())
+    count = math.prod(shape)
+    if len(data) - hstart - hlen != count * dtype.itemsize:
+        return None
+    return np.frombuffer(data, dtype, count, hstart + hlen).reshape(shape)
 
 
 @dataclass
@@ -254,6 +388,7 @@ class GoldenCase:
     parameters: dict
     image_path: Path
     stages: _Stages = field(repr=False)
+    _image: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     # ---- stages
     def stage(self, key: str) -> np.ndarray:
@@ -285,12 +420,17 @@ class GoldenCase:
         Returns
         -------
         numpy.ndarray
-            (H, W, 3) uint8, BGR (``cv2.imread`` default flags).
+            (H, W, 3) uint8, BGR (``cv2.imread`` default flags), read-only: it is
+            decoded once per case and shared by every mode that fits it (a PNG
+            decode costs about as much as a tenth of a fit).
         """
-        img = cv2.imread(str(self.image_path))
-        if img is None:
-            raise GoldenError("cannot be read as an image", self.image_path)
-        return img
+        if self._image is None:
+            img = cv2.imread(str(self.image_path))
+            if img is None:
+                raise GoldenError("cannot be read as an image", self.image_path)
+            img.flags.writeable = False
+            self._image = img
+        return self._image
 
     # ---- structure of the fit, derived from the key names
     @property
@@ -475,20 +615,42 @@ def _check_gray_matches_image(case: GoldenCase) -> None:
                           case.path / MANIFEST, "image")
 
 
+#: The cache (:mod:`clnfdiag.cache`) of verified goldens, and the version of what
+#: :func:`_verify_stages` checks: bump it when the checks change, so that no older marker is trusted.
+VERIFIED_CACHE = "verified"
+VERIFY_VERSION = "verify-1"
+
+
+def _verified_key(case: GoldenCase, finite: bool) -> str:
+    """Content key of a verification: the manifest's and the archive's bytes, the checks' version.
+
+    Verification is a function of exactly these bytes (the image is checked on every
+    read), so a marker under this key says the same checks passed on the same bytes.
+    Hashing them (SHA-256, ~2 ms for a 2 MB golden) costs a tenth of verifying them.
+    """
+    return cache.content_key([VERIFY_VERSION, f"finite={bool(finite)}", (case.path / MANIFEST).read_bytes(),
+                              case.stages.raw_bytes()])
+
+
 def read_case(path: str | os.PathLike, verify: bool = True, finite: bool = True) -> GoldenCase:
     """Open a golden case folder.
 
     Always checked: manifest.json (valid JSON, required keys, format),
     the image (exists, SHA-256 as in the manifest) and that stages.npz is a
     readable archive. With ``verify``, every array is also read and checked
-    against its manifest entry (key sets equal, shape, dtype, no NaN/inf).
+    against its manifest entry (key sets equal, shape, dtype, no NaN/inf), once
+    per content: a case whose manifest and archive bytes passed these checks
+    before (a marker under their SHA-256 in ``$XDG_CACHE_HOME/clnfdiag/verified``,
+    :mod:`clnfdiag.cache`) is not checked again, and its arrays are then read
+    only when asked for.
 
     Parameters
     ----------
     path : str or PathLike
         The case folder (or its manifest.json).
     verify : bool
-        Check every array (reads the whole npz; about 0.1 s per case).
+        Check every array (reads the whole npz, ~20 ms per case, unless these bytes were
+        verified before).
     finite : bool
         With ``verify``, also refuse NaN/inf values. A golden must be finite;
         a candidate trace may hold NaN, which is then judged as a divergence.
@@ -510,7 +672,7 @@ def read_case(path: str | os.PathLike, verify: bool = True, finite: bool = True)
     manifest = _load_manifest(case_dir)
     image_path = _check_image(case_dir, manifest)
     stages = _Stages(case_dir / STAGES)
-    stages._open()  # missing or corrupt archive is reported now, not at first use
+    stages._files()  # missing or corrupt archive is reported now, not at first use
     case = GoldenCase(
         path=case_dir,
         manifest=manifest,
@@ -523,7 +685,10 @@ def read_case(path: str | os.PathLike, verify: bool = True, finite: bool = True)
     )
     if verify:
         try:
-            _verify_stages(case, finite)
+            key = _verified_key(case, finite)
+            if not cache.has_marker(VERIFIED_CACHE, key):
+                _verify_stages(case, finite)
+                cache.put_marker(VERIFIED_CACHE, key)
         except GoldenError:
             case.close()  # the caller never gets the case, so release the archive here
             raise
@@ -889,8 +1054,10 @@ def stage_layout(key: str) -> StageLayout | None:
     """Shape and dtype of stage ``key`` (:data:`STAGE_LAYOUTS`), or None if FORMAT.md has no such key.
 
     Only the kind is looked up here (``pass7/...`` finds the per-pass row):
-    :meth:`TraceWriter.record` also checks the pass and iteration fields.
+    :meth:`TraceWriter.record` also checks the pass and iteration fields. A multi-view
+    hypothesis's key (``hypothesis03/pass0/response``) has its main key's layout.
     """
+    key = split_hypothesis(key)[1]
     layout = STAGE_LAYOUTS.get(key)
     if layout is None:
         part, main_key = split_part(key)
@@ -919,10 +1086,13 @@ def _trace_key(key: str) -> tuple[str | None, int | None, StageLayout]:
     two digits, ``shape_change_norm`` from KK = 01), ``hierarchical/landmarks_before``,
     ``hierarchical/parts_used``, ``hierarchical/<part>/{landmarks|params_global|params_local}``
     and a part model's own fit ``hierarchical/<part>/{init/..|passN/..|final/..}``,
-    with ``<part>`` one of :data:`PART_POINTS`; kinds as in :data:`STAGE_LAYOUTS`.
+    with ``<part>`` one of :data:`PART_POINTS`; kinds as in :data:`STAGE_LAYOUTS`. Any of these
+    may follow ``hypothesisNN/`` (one multi-view hypothesis's fit, :func:`clnfdiag.keys.hypothesis_prefix`).
     """
     if not isinstance(key, str):
         raise InputError(f"stage key must be a string like 'pass0/response', got {type(key).__name__}")
+    if split_hypothesis(key)[0] is not None:
+        return _trace_key(split_hypothesis(key)[1])
     part, lookup = None, key
     if key.startswith("hierarchical/") and key.count("/") >= 2:
         part, _, rest = key[len("hierarchical/"):].partition("/")

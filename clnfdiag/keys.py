@@ -7,6 +7,7 @@ A key names one traced value of a CLNF fit (``../shared/golden/FORMAT.md``)::
     pass0/rigid/weights, pass0/rigid/n_updates                  per phase
     pass0/rigid/iter03/mean_shifts                              per iteration (two digits)
     hierarchical/inner/landmarks, hierarchical/inner/pass0/...  part models
+    hypothesis03/init/params_global, hypothesis03/pass0/...     one multi-view hypothesis
 
 The fit loop names stages by :class:`~clnfdiag.clnf.protocol.Where`;
 :func:`key_of` turns one into its key and :func:`parse` does the reverse.
@@ -24,6 +25,10 @@ from .clnf.protocol import Where
 PHASES = ("rigid", "nonrigid")
 #: Key prefix of a hierarchical part model's values.
 HIERARCHICAL = "hierarchical/"
+#: Key prefix of one multi-view hypothesis's whole fit (``hypothesis03/pass0/response``): the
+#: hypothesis index in OpenFace's order, two digits. The chosen hypothesis is also the main trace.
+HYPOTHESIS = "hypothesis"
+_HYPOTHESIS = re.compile(r"^hypothesis(?P<h>\d{2})/(?P<rest>.+)$")
 
 _KEY = re.compile(r"^(?:hierarchical/(?P<part>[^/]+)/)?pass(?P<pass>\d+)/"
                   r"(?:(?P<phase>rigid|nonrigid)/)?(?:iter(?P<iter>\d{2})/)?(?P<name>[^/]+)$")
@@ -102,6 +107,19 @@ def split_part(key: str) -> tuple[str | None, str]:
     return None, key
 
 
+def hypothesis_prefix(index: int) -> str:
+    """Key prefix of multi-view hypothesis ``index``: ``hypothesis_prefix(3)`` -> ``hypothesis03/``."""
+    return f"{HYPOTHESIS}{index:02d}/"
+
+
+def split_hypothesis(key: str) -> tuple[int | None, str]:
+    """``(3, "pass0/response")`` for ``hypothesis03/pass0/response``; ``(None, key)`` otherwise."""
+    m = _HYPOTHESIS.match(key)
+    if m is None:
+        return None, key
+    return int(m.group("h")), m.group("rest")
+
+
 def kind_of(key: str) -> str:
     """The stage kind: the last component (``pass0/rigid/iter03/mean_shifts`` -> ``mean_shifts``)."""
     return key.rsplit("/", 1)[-1]
@@ -121,5 +139,6 @@ def iteration_of(key: str) -> tuple[int, str, int] | None:
     return sk.pass_index, sk.phase, sk.iteration
 
 
-__all__ = ["StageKey", "PHASES", "HIERARCHICAL", "pass_key", "phase_key",
+__all__ = ["StageKey", "PHASES", "HIERARCHICAL", "HYPOTHESIS", "hypothesis_prefix", "split_hypothesis",
+           "pass_key", "phase_key",
            "iter_key", "key_of", "parse", "split_part", "kind_of", "pass_of", "iteration_of"]

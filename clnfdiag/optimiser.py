@@ -48,7 +48,7 @@ import numpy as np
 
 from .numerics import libm
 from .numerics.cholesky import solve_cholesky
-from .numerics.cvlinalg import gemm_f32, norm_l2_f32
+from .numerics.cvlinalg import norm_l2_f32
 from .numerics.sgemm import hessian_nb
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "to_image_frame",
     "weight_matrix_diag",
     "regularisation_diag",
+    "regularisation_vector",
     "hessian_sgemm",
     "cholesky_solve_opencv",
     "cholesky_solve",
@@ -78,9 +79,6 @@ __all__ = [
 
 F32 = np.float32
 F64 = np.float64
-
-#: "No C matrix" for :func:`~clnfdiag.numerics.cvlinalg.gemm_f32`.
-_NO_C = np.zeros((0, 0), F32)
 
 #: Grid step of OpenFace's precalculated KDE kernel (a C++ ``float`` 0.1).
 KDE_STEP = F32(0.1)
@@ -100,24 +98,44 @@ _njit = numba.njit(cache=True, nogil=True)
 def _kde_sums_grid_nb(resp, idx, table, ix, iy, cols, rows, out):
     """Sequential float32 sums of ``v``, ``v * cols`` and ``v * rows`` (the first
     term starts each sum, as the C++ loop) for ``v = resp[idx[i]] * table[ix[i], iy[i]]``
-    (float32 products), without materialising the kernels: ``out`` is (3, m)."""
+    (float32 products): ``out`` is (3, m).
+
+    Every landmark's three sums run cell by cell in the C++ order; the landmarks
+    are independent, so they advance together (one vector lane each): each
+    landmark's response and kernel row are first copied cell-major, ``(w·w, m)``.
+    """
     m = idx.shape[0]
     ww = cols.shape[0]
+    r_t = np.empty((ww, m), np.float32)
+    k_t = np.empty((ww, m), np.float32)
     for i in range(m):
         r = resp[idx[i]].reshape(ww)
         kk = table[ix[i], iy[i]].reshape(ww)
-        x = np.float32(r[0] * kk[0])
-        t = x
-        sx = np.float32(x * cols[0])
-        sy = np.float32(x * rows[0])
-        for c in range(1, ww):
-            x = np.float32(r[c] * kk[c])
-            t = np.float32(np.float64(t) + np.float64(x))
-            sx = np.float32(np.float64(sx) + np.float64(np.float32(x * cols[c])))
-            sy = np.float32(np.float64(sy) + np.float64(np.float32(x * rows[c])))
-        out[0, i] = t
-        out[1, i] = sx
-        out[2, i] = sy
+        for c in range(ww):
+            r_t[c, i] = r[c]
+            k_t[c, i] = kk[c]
+    t = out[0]
+    sx = out[1]
+    sy = out[2]
+    r0 = r_t[0]
+    k0 = k_t[0]
+    c0 = cols[0]
+    w0 = rows[0]
+    for i in range(m):
+        x = np.float32(r0[i] * k0[i])
+        t[i] = x
+        sx[i] = np.float32(x * c0)
+        sy[i] = np.float32(x * w0)
+    for c in range(1, ww):
+        rc = r_t[c]
+        kc = k_t[c]
+        cc = cols[c]
+        wc = rows[c]
+        for i in range(m):
+            x = np.float32(rc[i] * kc[i])
+            t[i] = np.float32(np.float64(t[i]) + np.float64(x))
+            sx[i] = np.float32(np.float64(sx[i]) + np.float64(np.float32(x * cc)))
+            sy[i] = np.float32(np.float64(sy[i]) + np.float64(np.float32(x * wc)))
 
 
 _njit_np = numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -204,6 +222,52 @@ def _mean_shift_grid_nb(resp, vis_idx, dxs, dys, table, cols, rows, hi, out):
         out[i, 0] = np.float32(sums[1, t] / sums[0, t]) - dx[t]
         out[i, 1] = np.float32(sums[2, t] / sums[0, t]) - dy[t]
     return True
+
+
+@_njit_np
+def jtw_ms_nb(jw, ms):
+    """``J_w_t · ms`` as OpenCV's own gemm computes it (``cv::gemm`` of the (k, 2n)
+    ``J_w_t`` and the (2n, 1) mean-shifts; fewer than 100 rows, so no BLAS).
+
+    A one-column product takes OpenCV's ``A·Bᵀ`` branch: per output, four double
+    accumulators take the products of rows ``r ≡ 0, 1, 2, 3 (mod 4)`` of the
+    unrolled part (``r <= 2n - 4`` in steps of 4), the leftover rows go to the
+    first; then ``((s0 + s1) + s2) + s3`` rounded once to float32 (what
+    :func:`~clnfdiag.numerics.cvlinalg.gemm_f32` does for this shape). Here the k
+    outputs advance together (``jw`` is read row by row, no transpose).
+
+    Parameters
+    ----------
+    jw : (2n, k) float32
+        The weighted Jacobian (``J_w_t`` transposed).
+    ms : (2n,) float32
+
+    Returns
+    -------
+    (k,) float32
+    """
+    rn, k = jw.shape
+    s = np.zeros((4, k), np.float64)
+    r = 0
+    while r <= rn - 4:
+        for q in range(4):
+            x = np.float64(ms[r + q])
+            row = jw[r + q]
+            acc = s[q]
+            for c in range(k):
+                acc[c] += np.float64(row[c]) * x
+        r += 4
+    acc = s[0]
+    while r < rn:
+        x = np.float64(ms[r])
+        row = jw[r]
+        for c in range(k):
+            acc[c] += np.float64(row[c]) * x
+        r += 1
+    out = np.empty(k, np.float32)
+    for c in range(k):
+        out[c] = np.float32(((s[0, c] + s[1, c]) + s[2, c]) + s[3, c])
+    return out
 
 
 @_njit_np
@@ -306,12 +370,38 @@ def kernel_values(dx: np.ndarray, dy: np.ndarray, a: np.float32, window_size: in
     return expf32(arg)
 
 
-@functools.lru_cache(maxsize=8)            # a w=15 table is 20 MB
+@_njit_np
+def _kde_table_nb(grid, a, w):
+    """:func:`kernel_values` of every grid pair, compiled: ``table[ix, iy, ii, jj] =
+    expf(a * ((g[iy] - ii)² + (g[ix] - jj)²))`` with the same float32 operations
+    (difference, square, sum with the row term first, product), then ``expf``."""
+    n = grid.shape[0]
+    sq = np.empty((n, w), np.float32)                 # (g[i] - c)² per grid point and cell
+    for i in range(n):
+        for c in range(w):
+            d = grid[i] - np.float32(c)
+            sq[i, c] = d * d
+    table = np.empty((n, n, w, w), np.float32)
+    for ix in range(n):
+        for iy in range(n):
+            for ii in range(w):
+                ry = sq[iy, ii]
+                for jj in range(w):
+                    table[ix, iy, ii, jj] = libm.expf(a * (ry + sq[ix, jj]))
+    return table
+
+
+#: KDE tables kept: every (sigma, window) of the default and wild presets and of the
+#: part models (10, about 52 MB in all; a w = 15 table is 20 MB), with room to spare.
+KDE_TABLES_KEPT = 16
+
+
+@functools.lru_cache(maxsize=KDE_TABLES_KEPT)
 def _kde_table_cached(sigma32: float, window_size: int) -> np.ndarray:
     n_grid = kde_grid_size(window_size)
     grid = np.arange(n_grid, dtype=F32) * KDE_STEP    # float(x) * 0.1f, in float32
     a = kde_exponent(sigma32)
-    table = kernel_values(grid[:, None], grid[None, :], a, window_size)
+    table = _kde_table_nb(grid, F32(a), int(window_size))
     table.flags.writeable = False
     return table
 
@@ -567,6 +657,21 @@ def regularisation_diag(eigen_values, reg_factor) -> np.ndarray:
     return F32(reg_factor) / np.asarray(eigen_values, dtype=F32).reshape(-1)
 
 
+def regularisation_vector(eigen_values, reg_factor, rigid: bool) -> np.ndarray:
+    """The diagonal of NU-RLMS's ``R``: zeros for the 6 global parameters, then
+    :func:`regularisation_diag` (the non-rigid phase; none at all for the rigid one).
+
+    Returns
+    -------
+    (6,) or (6 + m,) float32
+    """
+    m = 0 if rigid else np.asarray(eigen_values).reshape(-1).shape[0]
+    reg = np.zeros(6 + m, dtype=F32)
+    if not rigid:
+        reg[6:] = regularisation_diag(eigen_values, reg_factor)[:m]
+    return reg
+
+
 def hessian_sgemm(jw: np.ndarray, j: np.ndarray, reg_diag: np.ndarray | None = None) -> np.ndarray:
     """``J_w_t @ J + R`` as OpenFace's ``sgemm_`` (OpenBLAS's SkylakeX small kernel) computes it.
 
@@ -746,11 +851,8 @@ class UpdateSolver:
         vis = visible_mask(visible, w.shape[0] // 2)
         self.invisible = ~np.concatenate([vis, vis])
         self.any_invisible = bool(self.invisible.any())
-        m = 0 if rigid else np.asarray(eigen_values).reshape(-1).shape[0]
-        self.reg = np.zeros(6 + m, dtype=F32)
+        self.reg = regularisation_vector(eigen_values, reg_factor, rigid)
         self.subtract_reg = not rigid
-        if self.subtract_reg:
-            self.reg[6:] = regularisation_diag(eigen_values, reg_factor)[:m]
 
     def solve(self, J, mean_shifts, params_local) -> np.ndarray:
         """``delta_p`` for one iteration (see :func:`solve_update`).
@@ -778,9 +880,8 @@ class UpdateSolver:
             ms_vec[self.invisible] = 0
         jw = J if self.unit_w else J * self.w_col    # float products; rows = columns of J_w_t
         # ``J_w_t * mean_shifts``: OpenCV's own gemm (J_w_t has fewer than 100 rows),
-        # double sums over four accumulators, one rounding per element.
-        rhs = gemm_f32(np.ascontiguousarray(jw.T), ms_vec.reshape(-1, 1), 1.0, _NO_C, 0.0, 0
-                       ).reshape(-1)
+        # double sums over four accumulators, one rounding per element (:func:`jtw_ms_nb`).
+        rhs = jtw_ms_nb(np.ascontiguousarray(jw), ms_vec)
         if self.subtract_reg:
             # ``J_w_t_m - R * p`` is one OpenCV gemm expression (alpha -1, beta 1):
             # the exact products and the difference in double, one rounding.
@@ -863,13 +964,22 @@ def model_likelihood(landmark_lhoods, visible=None) -> np.float32:
     -------
     numpy.float32
     """
-    lh = np.asarray(landmark_lhoods, dtype=F32).reshape(-1)
-    vis = visible_mask(visible, lh.shape[0])
-    acc = F32(0)
-    for v in lh[vis]:                                # once per fit: exact float rounding
-        acc = F32(F64(acc) + libm.log(F64(v) + 1e-8))   # glibc's log, as the C++
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return F32(F64(acc) / F64(vis.sum()))
+    lh = np.ascontiguousarray(landmark_lhoods, dtype=F32).reshape(-1)
+    vis = np.ascontiguousarray(visible_mask(visible, lh.shape[0]))
+    return F32(_model_likelihood_nb(lh, vis))
+
+
+@_njit_np
+def _model_likelihood_nb(lh, vis):
+    """:func:`model_likelihood`: ``float(acc + log(double(v) + 1e-8))`` landmark by landmark
+    (glibc's ``log``), then ``double(acc) / count`` (NaN or inf for no visible landmark)."""
+    acc = np.float32(0)
+    count = 0
+    for i in range(lh.shape[0]):
+        if vis[i]:
+            acc = np.float32(np.float64(acc) + libm.log(np.float64(lh[i]) + 1e-8))
+            count += 1
+    return np.float32(np.float64(acc) / np.float64(count))
 
 
 def shape_change_norm(shape, previous) -> float:

@@ -165,8 +165,11 @@ def _mode(directory: bool) -> int:
     return (0o777 if directory else 0o666) & ~umask
 
 
-def write_file(target: str | os.PathLike, data: bytes | str, option: str) -> Path:
+def write_file(target: str | os.PathLike, data, option: str) -> Path:
     """Write ``data`` to ``target`` whole: a temporary sibling renamed over it.
+
+    ``data`` is bytes, text (UTF-8), or a callable given the open binary file
+    (output streamed from elsewhere, e.g. a spooled JSON).
 
     Raises
     ------
@@ -175,13 +178,14 @@ def write_file(target: str | os.PathLike, data: bytes | str, option: str) -> Pat
     """
     p = Path(target)
     payload = data.encode("utf-8") if isinstance(data, str) else data
+    write = payload if callable(payload) else (lambda f: f.write(payload))
     try:
         fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{p.name}.", dir=_parent(p, option))
     except OSError as exc:
         raise OutputError(f"{option}: cannot write ({_reason(exc)})", p) from None
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(payload)
+            write(f)
         os.chmod(tmp, _mode(directory=False))
         os.replace(tmp, p)
     except BaseException as exc:

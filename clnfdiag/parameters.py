@@ -34,7 +34,11 @@ class FitParameters:
     limit_pose : bool
         Clamp the rotation as OpenFace does.
     multi_view : bool
-        Try several initial rotations (not used by the goldens; kept for the manifest).
+        Fit from each of OpenFace's initial rotations (:data:`clnfdiag.fitter.ROTATION_HYPOTHESES`)
+        and keep the one with the highest model likelihood, as OpenFace's
+        ``DetectLandmarksInImage`` does with ``multi_view`` (set by its ``-wild`` flag). Recorded
+        in the manifest; ``from_manifest`` reads it (False when absent), so a golden made
+        with one hypothesis is always replayed with one.
     """
 
     window_sizes: tuple[int, ...] = (11, 9, 7, 5)
@@ -113,11 +117,17 @@ class FitParameters:
         return asdict(self)
 
 
-#: OpenFace's presets for a single image.
+#: OpenFace's ``-wild`` values: windows, sigma, regularisation, weight factor, iterations.
+_WILD = dict(window_sizes=(15, 13, 11, 11), sigma=1.25, reg_factor=35.0, weight_factor=2.5,
+             n_iterations=10)
+
+#: OpenFace's presets for a single image. ``wild`` is everything ``-wild`` sets, multi-view
+#: hypotheses included; ``wild-single`` is the same fit from the one frontal start (how the
+#: committed ``*_wild`` goldens were made: their manifests say ``multi_view: false``).
 PRESETS: dict[str, FitParameters] = {
     "default": FitParameters(),
-    "wild": FitParameters(window_sizes=(15, 13, 11, 11), sigma=1.25, reg_factor=35.0,
-                          weight_factor=2.5, n_iterations=10, preset="wild"),
+    "wild": FitParameters(**_WILD, multi_view=True, preset="wild"),
+    "wild-single": FitParameters(**_WILD, multi_view=False, preset="wild-single"),
 }
 
 

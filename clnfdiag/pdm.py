@@ -23,7 +23,7 @@ import numba
 import numpy as np
 
 from .models.pdm_file import PDMData, read_pdm
-from .numerics.cholesky import solve_cholesky
+from .numerics.cholesky import opencv_cholesky_factor, opencv_cholesky_substitute
 from .numerics.cvlinalg import GEMM_1_T, GEMM_2_T, gemm_f32, norm_l2_f32
 from .numerics.sgemm import gemv_m1_nb, hessian_nb, opencv_gemv_add_nb
 from .rotation import compose_rotation_nb, euler_matrix_nb, euler_to_rotation_matrix
@@ -209,23 +209,6 @@ class PDM:
         gemv_m1_nb(p, self._pc_t, self._mean_flat, out, True)
         return out.reshape(3, self.n_points)
 
-    def _shape_3d_gemm(self, params_local: np.ndarray) -> np.ndarray:
-        """(3, n) float32 ``M + V * p`` as the OpenCV matrix expression of
-        ``PDM::CalcParams`` computes it (``cv::gemm(V, p, 1, M, 1)``).
-
-        With 100 rows or more OpenCV hands the product to BLAS (``cblas_sgemm``
-        onto a copy of M, beta 1): the same small-kernel arithmetic as
-        :meth:`_shape_3d_xyz`. Below (the eyes' 84 rows) OpenCV's own gemm:
-        double sums in four interleaved accumulators, one rounding
-        (:func:`opencv_gemv_add_nb`).
-        """
-        if self._mean_flat.shape[0] >= 100:
-            return self._shape_3d_xyz(params_local)
-        p = np.ascontiguousarray(_as_f32(params_local, (self.n_modes,)))
-        out = np.empty(self._mean_flat.shape[0], dtype=F32)
-        opencv_gemv_add_nb(self.princ_comp.reshape(-1, self.n_modes), p, self._mean_flat, out)
-        return out.reshape(3, self.n_points)
-
     def calc_shape_2d(self, params_local, params_global) -> np.ndarray:
         """Image-space landmarks by weak perspective (``PDM::CalcShape2D``).
 
@@ -380,68 +363,13 @@ class PDM:
 
     def _fit_landmarks(self, lm: np.ndarray, rotation: np.ndarray,
                        max_iter: int) -> tuple[np.ndarray, np.ndarray]:
-        # Operation by operation as PDM::CalcParams; where the C++ uses an OpenCV
-        # matrix expression its arithmetic runs here (gemm_f32), as do
-        # ``M + V * p`` (:meth:`_shape_3d_gemm`), the Hessian (the OpenBLAS small
-        # kernel, :func:`hessian_nb`) and the solve (:func:`solve_cholesky`), ported exactly.
-        # The rotation matrix of the current global parameters is computed once
-        # per parameter value (euler_to_rotation_matrix's kernel) and shared by
-        # the projections and the Jacobian.
+        # The whole Gauss-Newton loop is one compiled call (:func:`_fit_landmarks_nb`).
         reg, reg_modes, _, model_box = self._fit_constants()
-        target = np.concatenate([lm[:, 0], lm[:, 1]]).reshape(-1, 1)
-        lo, hi = lm.min(axis=0), lm.max(axis=0)
-        width, height = np.abs(lo[0] - hi[0]), np.abs(lo[1] - hi[1])
-        scaling = (width / model_box[2] + height / model_box[3]) / F32(2)
-        centre = (lo + hi) / F32(2)
-        glob = np.array([scaling, *rotation, centre[0], centre[1]], dtype=F32)
-        loc = self.zero_local()
-        pc_xyz = self._pc_xyz
-        # OpenCV's ``M + V * p`` goes to BLAS from 100 rows on: then it is CalcShape3D's sum.
-        gemm_is_sgemm = self._mean_flat.shape[0] >= 100
-
-        def rotation_of(g):
-            return euler_matrix_nb(g[1], g[2], g[3])
-
-        def project_gemm(xyz, rot, g):
-            # ``s * X^T * R_2D^T`` as one gemm (alpha = s, OpenCV's own double
-            # sums); the translation is added by the caller's kernel.
-            return gemm_f32(xyz, np.ascontiguousarray(rot[:2]), g[0], _NO_C, 0.0,
-                            GEMM_1_T | GEMM_2_T)
-
-        rot = rotation_of(glob)
-        # The starting error uses CalcShape2D's explicit float loop.
-        xyz0 = self._shape_3d_gemm(loc)
-        curr_error = _norm(_stack_xy(_project_nb(xyz0, rot, glob).T.copy()) - target[:, 0])
-        not_improved = 0
-        for _ in range(max_iter):
-            # ``M + V * p``: one OpenCV gemm (beta = 1).
-            xyz = self._shape_3d_gemm(loc)
-            resid = _translate_diff_nb(project_gemm(xyz, rot, glob), glob, target, True)
-            # ComputeJacobian's own CalcShape3D (sgemm_).
-            xyz_j = xyz if gemm_is_sgemm else self._shape_3d_xyz(loc)
-            jac = _jacobian_nb(xyz_j, rot, glob[0], pc_xyz, True)
-            # ``J_w_t * error_resid`` with ``J_w_t = J^T`` a (6 + m, 2n) matrix: OpenCV's
-            # own gemm (fewer than 100 rows), four float64 accumulators, one rounding.
-            rhs = gemm_f32(np.ascontiguousarray(jac.T), resid, 1.0, _NO_C, 0.0, 0)
-            # ``rhs - R p`` is one gemm expression (alpha -1, beta 1), same arithmetic.
-            rhs[6:] = gemm_f32(reg_modes, loc.reshape(-1, 1), -1.0,
-                               np.ascontiguousarray(rhs[6:]), 1.0, 0)
-            hessian = hessian_nb(jac, jac, reg)    # unit weights: J_w_t = J^T
-            # cv::solve(DECOMP_CHOLESKY) emulated: OpenCV's own small-matrix Cholesky.
-            delta, ok = solve_cholesky(hessian, rhs)
-            if not ok:
-                delta = np.zeros_like(rhs)
-            delta = delta.reshape(-1) * F32(0.75)
-            loc, glob, rot = _update_fit_params(delta, loc, glob)
-            # OpenFace measures the new error with the *previous* 3D shape (local
-            # parameters not re-applied): kept as is, it steers when the loop stops.
-            error = _norm(_translate_diff_nb(project_gemm(xyz, rot, glob), glob, target, False)[:, 0])
-            if 0.999 * float(curr_error) < float(error):
-                not_improved += 1
-                if not_improved == 3:
-                    break
-            curr_error = error
-        return glob, loc
+        return _fit_landmarks_nb(self._mean_flat, self._pc_t,
+                                 np.ascontiguousarray(self.princ_comp.reshape(-1, self.n_modes)),
+                                 self._pc_xyz, reg, reg_modes, model_box,
+                                 np.ascontiguousarray(lm, dtype=F32),
+                                 np.ascontiguousarray(rotation, dtype=F32), int(max_iter))
 
     # ------------------------------------------------------------- Jacobians
     def rigid_jacobian(self, params_local, params_global) -> np.ndarray:
@@ -549,23 +477,136 @@ class PDM:
 
 
 # ---------------------------------------------------------------- helpers
-def _update_fit_params(dp, loc, g0):
-    """:meth:`PDM.update_parameters` for contiguous float32 ``dp`` (6 + m,),
-    ``loc`` (m,), ``g0`` (6,) without the argument conversions; also returns
-    the rotation matrix of the new parameters (``euler_to_rotation_matrix(g[1:4])``)."""
-    g = _update_global_nb(dp, g0)
-    return loc + dp[6:6 + loc.shape[0]], g, euler_matrix_nb(g[1], g[2], g[3])
+@_njit
+def _shape_3d_gemm_nb(mean_flat, pc_t, pc_2d, p):
+    """(3, n) float32 ``M + V p`` as the OpenCV matrix expression of ``PDM::CalcParams``
+    computes it (``cv::gemm(V, p, 1, M, 1)``): with 100 rows or more OpenCV hands the
+    product to BLAS (``cblas_sgemm`` onto a copy of M, beta 1), i.e. ``CalcShape3D``'s
+    small-kernel arithmetic (:func:`gemv_m1_nb`); below (the eyes' 84 rows) OpenCV's own
+    gemm: double sums in four interleaved accumulators, one rounding (:func:`opencv_gemv_add_nb`)."""
+    out = np.empty(mean_flat.shape[0], dtype=np.float32)
+    if mean_flat.shape[0] >= 100:
+        gemv_m1_nb(p, pc_t, mean_flat, out, True)
+    else:
+        opencv_gemv_add_nb(pc_2d, p, mean_flat, out)
+    return out.reshape(3, mean_flat.shape[0] // 3)
 
 
-def _stack_xy(xy: np.ndarray) -> np.ndarray:
-    """(2, n) -> (2n,) in OpenFace's ``x0..x(n-1), y0..y(n-1)`` order."""
-    return xy.reshape(-1)
+@_njit
+def _shape_3d_nb(mean_flat, pc_t, p):
+    """(3, n) float32 ``CalcShape3D`` (:meth:`PDM._shape_3d_xyz`)."""
+    out = np.empty(mean_flat.shape[0], dtype=np.float32)
+    gemv_m1_nb(p, pc_t, mean_flat, out, True)
+    return out.reshape(3, mean_flat.shape[0] // 3)
 
 
-def _norm(v: np.ndarray) -> np.float32:
-    """``(float)cv::norm(v)`` of a float32 vector (OpenCV's float64 sum of squares,
-    :func:`~clnfdiag.numerics.cvlinalg.norm_l2_f32`)."""
-    return F32(norm_l2_f32(np.ascontiguousarray(v, dtype=F32).reshape(-1)))
+@_njit
+def _project_gemm_nb(xyz, rot, g):
+    """``s * X^T * R_2D^T`` as one OpenCV gemm (alpha = s, its own double sums): (n, 2)."""
+    none = np.zeros((0, 0), dtype=np.float32)
+    return gemm_f32(xyz, np.ascontiguousarray(rot[:2]), g[0], none, 0.0, GEMM_1_T | GEMM_2_T)
+
+
+@_njit
+def _min_max_nb(v):
+    """numpy's ``v.min()``, ``v.max()`` of a float32 vector (a NaN wins both)."""
+    lo = v[0]
+    hi = v[0]
+    for i in range(1, v.shape[0]):
+        x = v[i]
+        if np.isnan(x) or np.isnan(lo):
+            lo = hi = x if np.isnan(x) else lo
+            continue
+        if x < lo:
+            lo = x
+        if x > hi:
+            hi = x
+    return lo, hi
+
+
+@_njit
+def _fit_landmarks_nb(mean_flat, pc_t, pc_2d, pc_xyz, reg, reg_modes, model_box, lm, rotation,
+                      max_iter):
+    """:meth:`PDM.calc_params_from_landmarks`' Gauss-Newton loop (``PDM::CalcParams``), compiled.
+
+    Operation by operation as the C++: the start from the landmarks' box; per
+    iteration ``M + V p`` (:func:`_shape_3d_gemm_nb`), the residual of the
+    gemm projection, the Jacobian (of ``CalcShape3D``'s own shape when ``M + V p``
+    went through OpenCV), ``J^T r`` and ``- R p`` as OpenCV gemm expressions, the
+    OpenBLAS-kernel Hessian, OpenCV's Cholesky solve, the step times 0.75, the
+    update, and the new error measured with the *previous* 3D shape (as OpenFace
+    does); the third time the error fails to drop by 0.1 % the loop stops.
+
+    Returns
+    -------
+    glob : (6,) float32; loc : (m,) float32
+    """
+    n = lm.shape[0]
+    m = pc_t.shape[0]
+    k = 6 + m
+    none = np.zeros((0, 0), dtype=np.float32)
+    target = np.empty((2 * n, 1), dtype=np.float32)
+    for i in range(n):
+        target[i, 0] = lm[i, 0]
+        target[n + i, 0] = lm[i, 1]
+    lo0, hi0 = _min_max_nb(lm[:, 0])
+    lo1, hi1 = _min_max_nb(lm[:, 1])
+    width = abs(lo0 - hi0)
+    height = abs(lo1 - hi1)
+    glob = np.empty(6, dtype=np.float32)
+    glob[0] = (width / model_box[2] + height / model_box[3]) / np.float32(2)
+    glob[1] = rotation[0]
+    glob[2] = rotation[1]
+    glob[3] = rotation[2]
+    glob[4] = (lo0 + hi0) / np.float32(2)
+    glob[5] = (lo1 + hi1) / np.float32(2)
+    loc = np.zeros(m, dtype=np.float32)
+    gemm_is_sgemm = mean_flat.shape[0] >= 100
+    # A run-time True, not a literal: _jacobian_nb keeps the one (bool) specialisation it
+    # has when called from Python (a literal would compile and cache a second one).
+    with_modes = m >= 0
+    rot = euler_matrix_nb(glob[1], glob[2], glob[3])
+    # The starting error uses CalcShape2D's explicit float loop.
+    proj = _project_nb(_shape_3d_gemm_nb(mean_flat, pc_t, pc_2d, loc), rot, glob)
+    diff = np.empty(2 * n, dtype=np.float32)
+    for i in range(n):
+        diff[i] = proj[i, 0] - target[i, 0]
+        diff[n + i] = proj[i, 1] - target[n + i, 0]
+    curr_error = np.float32(norm_l2_f32(diff))
+    not_improved = 0
+    for _ in range(max_iter):
+        xyz = _shape_3d_gemm_nb(mean_flat, pc_t, pc_2d, loc)
+        resid = _translate_diff_nb(_project_gemm_nb(xyz, rot, glob), glob, target, True)
+        xyz_j = xyz if gemm_is_sgemm else _shape_3d_nb(mean_flat, pc_t, loc)
+        jac = _jacobian_nb(xyz_j, rot, glob[0], pc_xyz, with_modes)
+        # ``J_w_t * error_resid`` (J_w_t = J^T, fewer than 100 rows): OpenCV's own gemm.
+        rhs = gemm_f32(np.ascontiguousarray(jac.T), resid, 1.0, none, 0.0, 0)
+        # ``rhs - R p``: one gemm expression (alpha -1, beta 1), same arithmetic.
+        rhs_modes = np.ascontiguousarray(rhs[6:])
+        rhs[6:] = gemm_f32(reg_modes, loc.reshape(m, 1), -1.0, rhs_modes, 1.0, 0)
+        hessian = hessian_nb(jac, jac, reg)        # unit weights: J_w_t = J^T
+        # cv::solve(DECOMP_CHOLESKY): OpenCV's own small-matrix Cholesky (k < 100).
+        L, ok = opencv_cholesky_factor(hessian)
+        delta = np.zeros(k, dtype=np.float32)
+        if ok:
+            bb = rhs.copy()
+            opencv_cholesky_substitute(L, bb)
+            for j in range(k):
+                delta[j] = bb[j, 0]
+        for j in range(k):
+            delta[j] = delta[j] * np.float32(0.75)
+        glob = _update_global_nb(delta, glob)
+        loc = loc + delta[6:6 + m]
+        rot = euler_matrix_nb(glob[1], glob[2], glob[3])
+        # The new error with the *previous* 3D shape (local parameters not re-applied).
+        err = _translate_diff_nb(_project_gemm_nb(xyz, rot, glob), glob, target, False)
+        error = np.float32(norm_l2_f32(np.ascontiguousarray(err[:, 0])))
+        if 0.999 * np.float64(curr_error) < np.float64(error):
+            not_improved += 1
+            if not_improved == 3:
+                break
+        curr_error = error
+    return glob, loc
 
 
 def zero_invisible_rows(jac: np.ndarray, visibilities) -> np.ndarray:

@@ -3,10 +3,10 @@
 Ctrl-C in a terminal sends SIGINT to the whole process group. The main process
 turns it into one line and exit 130 (:mod:`clnfdiag.cli_support`) and stops its
 pools; a worker that got it too would only print a traceback of its own. So
-workers are started with SIGINT ignored (:func:`interrupts_ignored` around the
-code that starts them: an ignored signal stays ignored through ``fork`` and
-``exec``, so there is no window before a worker's initializer runs), keep
-ignoring it (:func:`ignore_interrupts` as their initializer), and are stopped
+workers are started with SIGINT blocked (:func:`interrupts_ignored` around the
+code that starts them: a blocked mask is inherited through ``fork`` and kept
+through ``exec``, so there is no window before a worker's initializer runs), then
+ignore it (:func:`ignore_interrupts` as their initializer), and are stopped
 by the main process when it is interrupted (:func:`terminate_workers`).
 """
 from __future__ import annotations
@@ -34,19 +34,27 @@ def ignore_interrupts() -> None:
 
 @contextmanager
 def interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process for the block (wrap the start of worker processes).
+    """SIGINT kept from the processes started in the block (wrap the start of worker processes).
 
-    An interrupt during the block is lost; the block should only start processes.
-    Outside the main thread (where signal handlers cannot be set) it does nothing.
+    The block blocks SIGINT in this (the main) thread instead of ignoring it
+    process-wide. A process forked here inherits the blocked mask, so an
+    interrupt cannot reach it before its initializer ignores SIGINT (a signal
+    pending in a child is discarded when it is ignored, and a parent's pending
+    one is never inherited). This process loses nothing: an interrupt during the
+    block either reaches another of its threads, whose C-level handler flags it
+    for the main thread (KeyboardInterrupt as usual), or stays pending here until
+    the mask is restored. (Ignoring it process-wide lost it whenever the kernel
+    handed it to a thread that did not block it, e.g. a BLAS worker thread.)
+    Outside the main thread it does nothing.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def terminate_workers(executor: ProcessPoolExecutor) -> None:

@@ -72,6 +72,20 @@ def test_fit_matches_golden(fitter: Fitter, case_dir: Path) -> None:
         assert bit_identical(result.params_global, case.stage("final/params_global")).all()
 
 
+@pytest.mark.parametrize("case_dir", project_cases() + case_dirs(SHARED_GOLDEN) + case_dirs(SHARED_GOLDEN_H),
+                         ids=_id)
+def test_untraced_fit_matches_golden(fitter: Fitter, case_dir: Path) -> None:
+    """An untraced fit takes the fused per-phase kernels (clnf/phase.py), which no trace sees:
+    its result must still be the golden's bits (and a stale compiled cache would show here)."""
+    with read_case(case_dir, verify=False) as case:
+        params = FitParameters.from_manifest(case.parameters, case.preset)
+        result = fitter.fit(case.load_image(), bbox=case.bbox, parameters=params, trace=False)
+        assert result.stages == {}
+        assert bit_identical(result.landmarks, case.stage("final/landmarks")).all()
+        assert bit_identical(result.params_global, case.stage("final/params_global")).all()
+        assert bit_identical(result.params_local, case.stage("final/params_local")).all()
+
+
 # ------------------------------------------------------------------ API
 def test_fitter_loads_once_fits_several(fitter: Fitter) -> None:
     cases = project_cases()[:3]

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..parameters import FitParameters
 from .protocol import StageHook, StageOps, Where
+from .ops import OpenFaceOps
 
 F32 = np.float32
 F64 = np.float64
@@ -248,11 +249,22 @@ def _run_phase(ops: StageOps, s: _PassSetup, g, loc, rigid: bool, hook: StageHoo
     on = hook.enabled
     phase = "rigid" if rigid else "nonrigid"
     weights = s.weights
+    res = _PhaseOutcome()
+    previous = dxs = dys = None
+    # No hook and clnfdiag's own stages: the whole phase in one compiled call (the same
+    # kernels in the same order, so the same bits; None when it must run stage by stage).
+    fused = None if on or type(ops) is not OpenFaceOps else ops.untraced_phase(
+        g, loc, rigid, s.base_shape, s.sim_img_to_ref, s.sim_ref_to_img, s.window, s.visible,
+        s.responses, s.sigma, weights, s.reg_factor, s.n_iterations, SHAPE_CHANGE_TOL)
+    if fused is not None:
+        g, loc, res.updates, res.last_norm, dxs, dys = fused
+        if likelihood and dxs is not None:
+            res.landmark_likelihoods = ops.landmark_likelihoods(s.responses, dxs, dys, s.visible,
+                                                               s.sigma)
+        return g, loc, res
     if on:
         weights = hook.stage(Where("weights", k, phase), weights, F32)
     solver = ops.update_solver(weights, s.visible, s.reg_factor, rigid)
-    res = _PhaseOutcome()
-    previous = dxs = dys = None
     for it in range(s.n_iterations):
         if on:
             def at(name: str, it: int = it) -> Where:

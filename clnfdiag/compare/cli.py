@@ -6,12 +6,14 @@ comparison passes the gate, 1 a divergence beyond the gate, 2 bad input or
 usage (one line on stderr per problem), 130 interrupted. The ``--json`` and
 ``--report`` targets are checked before the first comparison and written
 whole at the end (:mod:`clnfdiag.outputs`): an interrupt leaves no partial
-output.
+output. The JSON of each comparison is spooled as it arrives
+(:mod:`clnfdiag.compare.jsonstream`), so without ``--report`` the memory
+does not grow with the cases.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,9 +25,10 @@ from ..cli_support import MODELS_HELP, run_body
 from ..errors import InputError, note_line
 from ..faults import FAULTS, parse_faults
 from ..golden import find_cases, read_case
-from ..outputs import check_file_target, check_folder_target, is_empty_folder, write_file
+from ..outputs import check_file_target, check_folder_target, is_empty_folder
 from ..processes import usable_cpus
-from .comparator import (FINAL_LANDMARKS, run)
+from .comparator import (FINAL_LANDMARKS, start_method, run)
+from .jsonstream import Brief, CasesJsonWriter, brief
 from .noise import DEFAULT_RUNS
 from .producers import CandidateTraces, FitProducer, Replays
 from .struct import CaseComparison, CaseFailure, Summary, fmt_number, run_json
@@ -84,9 +87,9 @@ _CLEAR_LINE = "\r\033[K"
               help="Write the comparisons as JSON to FILE (checked before the run, written whole at "
                    "the end), or to stdout with '-' (human lines go to stderr).")
 @click.option("--models", type=click.Path(path_type=Path), default=None, help=MODELS_HELP)
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Cases compared in parallel processes (at most the usable CPUs: more would only "
-                   "compete for them and multiply the memory).")
+                   "compete for them and multiply the memory). [default: the usable CPUs]")
 @click.option("--quiet", is_flag=True, help="No progress and no line per passing case.")
 @click.pass_context
 def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path | None, port: str | None,
@@ -99,6 +102,9 @@ def compare(ctx: click.Context, golden_paths: tuple[Path, ...], candidate: Path 
     Each GOLDEN_CASE_OR_DIR is a golden case folder or a folder of them. With
     --candidate the given traces are judged; otherwise this project's fitter
     produces them (--mode, --inject). One line per case and mode, then a summary.
+    Tracking references and traced sequences (clnfdiag track --trace-out) are
+    compared frame by frame instead: one line per run (--candidate, --port,
+    --exact, --json, --report apply).
 
     Exit codes: 0 all within the gate, 1 divergence, 2 bad input or usage
     (an unusable --json/--report target is found before the run), 130
@@ -113,6 +119,14 @@ def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject
              models, workers, quiet, port=None, profile=None, noise_runs=DEFAULT_RUNS) -> int:
     """The command body; returns the exit code (raises ClnfdiagError for bad input)."""
     t0 = time.perf_counter()
+    from .sequence import is_sequence_path
+    sequences = [is_sequence_path(p) for p in golden_paths]
+    if any(sequences) and not all(sequences):
+        raise InputError("give golden cases or tracking references/traced sequences, not both in one run")
+    if all(sequences):  # tracking references: judged frame by frame
+        from .sequence_cli import compare_sequences
+        return compare_sequences(golden_paths, candidate, port, exact, json_out, report_dir, models, quiet,
+                                 parse_faults(list(inject)), noise_runs)
     if profile is None:
         # A port adapter is another implementation: its own rounding is expected.
         profile = "port" if port is not None and not exact else "exact"
@@ -130,22 +144,34 @@ def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject
     human = sys.stderr if json_out == "-" else sys.stdout
     progress = _progress_printer(len(case_dirs)) if not quiet and _is_tty(sys.stderr) else None
 
-    results: list[CaseComparison | CaseFailure] = []
+    # Memory flat with the cases: each comparison's JSON goes to the --json spool as it
+    # arrives and only its Brief stays for the summary; the report (its tables span every
+    # case) alone keeps the comparisons.
+    briefs: list[Brief | CaseFailure] = []
+    results: list[CaseComparison | CaseFailure] | None = [] if report_module is not None else None
     keep = report_module.keep_for_report if report_module is not None else None
-    for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress,
-                   impact=replays.impact, keep=keep, envelope=replays.envelope, signature=replays.signature,
-                   causes=True, cause_impact=getattr(producer, "cause_impact", None)):
-        results.append(res)
-        _print_result(res, human, quiet, progress is not None)
-    if progress is not None:
-        click.echo(_CLEAR_LINE, err=True, nl=False)
-    summary = Summary.from_results(results, time.perf_counter() - t0)
-    payload = run_json(results, summary, modes, gate, tolerances.to_json()) if json_out is not None else None
-    if report_module is not None:
-        _write_report(report_module.write_report, results, report_dir,
-                      _source(golden_paths, candidate, inject, port))
-    if payload is not None:
-        _write_json(json_out, payload)
+    with contextlib.ExitStack() as stack:
+        writer = stack.enter_context(CasesJsonWriter(json_out)) if json_out is not None else None
+        for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress,
+                       impact=replays.impact, keep=keep, envelope=replays.envelope, signature=replays.signature,
+                       causes=True, cause_impact=getattr(producer, "cause_impact", None)):
+            _print_result(res, human, quiet, progress is not None)
+            briefs.append(brief(res))
+            if writer is not None and isinstance(res, CaseComparison):
+                writer.add(res.to_json())
+            if results is not None:
+                results.append(res)
+            del res  # not held over the next case
+        if progress is not None:
+            click.echo(_CLEAR_LINE, err=True, nl=False)
+        summary = Summary.from_results(briefs, time.perf_counter() - t0)
+        failures = [b for b in briefs if isinstance(b, CaseFailure)]
+        payload = run_json(failures, summary, modes, gate, tolerances.to_json()) if writer is not None else None
+        if results is not None:
+            _write_report(report_module.write_report, results, report_dir,
+                          _source(golden_paths, candidate, inject, port))
+        if writer is not None:
+            writer.finish(payload)
     # The line's time is the whole command's, report and JSON included.
     summary.wall_time_s = time.perf_counter() - t0
     click.echo(summary.line(), file=human)
@@ -162,9 +188,12 @@ def _check_targets(json_out: str | None, report_dir: Path | None, report_module:
         check_folder_target(report_dir, "--report", replaceable, getattr(report_module, "REPORT_WHAT", "a report"))
 
 
-def _cap_workers(workers: int) -> int:
-    """``--workers`` capped at the usable CPUs (said on stderr); more only compete and multiply memory."""
+def _cap_workers(workers: int | None) -> int:
+    """``--workers`` capped at the usable CPUs (said on stderr); more only compete and multiply memory.
+    Not given: the usable CPUs."""
     cpus = usable_cpus()
+    if workers is None:
+        return cpus
     if workers > cpus:
         click.echo(note_line(f"--workers {workers} capped at {cpus}, the CPUs this process may use"), err=True)
         return cpus
@@ -208,7 +237,8 @@ def _producer(candidate: Path | None, inject: tuple[str, ...], models: Path | No
 
 def _load_early(producer: Any, workers: int, n_cases: int, models: Path | None) -> None:
     """Read the model (and port) now: a model error is reported before any case."""
-    if workers == 1 or n_cases <= 1:
+    if workers == 1 or n_cases <= 1 or start_method() == "fork":
+        # Forked workers inherit this loaded model (and its warnings were shown here, once).
         getattr(producer, "candidate_fitter", None) or producer.fitter
     else:
         # Read (and checksum) the model here too, so that a modified file's warning shows once,
@@ -316,14 +346,6 @@ def case_line(cmp: CaseComparison) -> str:
     if cmp.missing_keys:
         parts.append(f"{len(cmp.missing_keys)} golden stages not in candidate")
     return head + "  " + "; ".join(parts)
-
-
-def _write_json(target: str, payload: dict) -> None:
-    text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
-    if target == "-":
-        click.echo(text, nl=False)
-        return
-    write_file(target, text, "--json")
 
 
 __all__ = ["compare", "case_line"]

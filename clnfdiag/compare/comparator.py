@@ -14,14 +14,14 @@ traces) are in :mod:`clnfdiag.compare.producers`, above it.
 """
 from __future__ import annotations
 
+import gc
 import math
 import multiprocessing
 import time
 import warnings
-from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from itertools import chain
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping
@@ -33,8 +33,8 @@ from ..golden import GoldenCase, read_case
 from ..keys import PHASES, StageKey, iteration_of, parse
 from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers
 from . import metrics
-from .struct import (BEYOND_NOISE, DIVERGED, IDENTICAL, PASS, WITHIN_NOISE, CaseComparison, CaseFailure,
-                     Cause, ConvergenceRow, Envelope, StageResult)
+from .struct import (BEYOND_NOISE, DIVERGED, IDENTICAL, MAP_FIELDS, PASS, WITHIN_NOISE, CaseComparison,
+                     CaseFailure, Cause, ConvergenceRow, Envelope, StageResult)
 from .tolerances import (MODES, Tol, Tolerances, default_tolerances, landmark_floor, landmark_tolerance,
                          noise_tolerance)
 
@@ -63,6 +63,7 @@ Producer = Callable[[GoldenCase, str], Mapping[str, np.ndarray]]
 
 # --------------------------------------------------------------------------- keys
 
+@lru_cache(maxsize=65536)
 def parse_key(key: str) -> StageKey:
     """A stage key's parts (:func:`clnfdiag.keys.parse`); a part model's own-fit key keeps
     only its kind (its pass is the part's, not the main model's)."""
@@ -205,8 +206,8 @@ def compare_traces(golden: GoldenCase, candidate: Mapping[str, Any], mode: str =
     lm_tol = landmark_tolerance(tolerances, mode, floor, band)
     n_lm = _n_landmarks(golden)
     bands = envelope.stage_bands if envelope is not None and mode == "propagated" else {}
-    stages = [_compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm, bands)
-              for key in gkeys if key in trace]
+    stages = _compare_keys(golden, trace, [key for key in gkeys if key in trace], mode, tolerances, lm_tol,
+                           n_lm, bands)
     noise, source = _noise_floor(band, floor, floor_file, envelope)
     cmp = CaseComparison(
         case=golden.case_id, mode=mode, gate=gate, stages=stages,
@@ -341,21 +342,104 @@ def _n_landmarks(golden: GoldenCase) -> int:
     return 68
 
 
+def _stage_tol(key: str, kind: str, mode: str, tolerances: Tolerances, lm_tol: Tol,
+               bands: Mapping[str, float]) -> Tol:
+    """The tolerance a stage is judged at: the final landmarks' own, a propagated stage's
+    isolated tolerance raised to its envelope band, else the mode's table."""
+    band = bands.get(key)
+    if key == FINAL_LANDMARKS:
+        return lm_tol
+    if band is not None:
+        return noise_tolerance(tolerances.get(kind, "isolated"), band)
+    return tolerances.get(kind, mode)
+
+
+def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[str], mode: str,
+                  tolerances: Tolerances, lm_tol: Tol, n_lm: int, bands: Mapping[str, float]) -> list[StageResult]:
+    """Every stage of ``keys`` compared, in that order; the same results as :func:`compare_stage`
+    key by key, computed one batch per (family, kind, shape, dtypes[, visibilities]) group.
+
+    A trace holds ~500 stages of tens of values each: per stage, numpy's call overhead
+    was almost all of the comparison's time. The stages of a group are stacked and
+    judged in one pass (:func:`metrics.batch_within`, :func:`metrics.batch_maps`); a
+    stage that is not entirely within tolerance (it needs its worst landmarks, counts
+    and notes), a shape that differs from the golden's and an empty stage go through
+    :func:`compare_stage`, whose arithmetic the batches reproduce bit for bit.
+    """
+    out: list[StageResult | None] = [None] * len(keys)
+    groups: dict[tuple, list[int]] = {}
+    visibles: dict[tuple, np.ndarray | None] = {}
+    for i, key in enumerate(keys):
+        g, c = golden.stage(key), trace[key]
+        info = parse_key(key)
+        fam = metrics.family(info.kind, g.shape)
+        if g.shape != c.shape or not g.size:
+            out[i] = _compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm, bands)
+            continue
+        # A map's metrics do not depend on its kind: the maps of one pass (raw, Sigma, post-shift)
+        # form one group.
+        group: tuple = (fam, info.kind if fam != "map" else None, g.shape, g.dtype.str, c.dtype.str)
+        if fam == "map":
+            vis = _visible_for(_map_visibilities(golden, info), g.shape[0])
+            group += (None if vis is None else vis.astype(bool).tobytes(),)
+            visibles[group] = vis
+        groups.setdefault(group, []).append(i)
+    for group, idx in groups.items():
+        fam, kind, shape = group[:3]
+        tols = [_stage_tol(keys[i], parse_key(keys[i]).kind, mode, tolerances, lm_tol, bands) for i in idx]
+        stacked = (np.stack([golden.stage(keys[i]) for i in idx]), np.stack([trace[keys[i]] for i in idx]))
+        atol, rtol = np.array([t.atol for t in tols], np.float64), np.array([t.rtol for t in tols], np.float64)
+        if fam == "map":
+            fields = metrics.batch_maps(*stacked, visibles[group], atol, rtol)
+            per_landmark = [name for name in MAP_FIELDS]
+        else:
+            fields = metrics.batch_within(fam, kind, *stacked, atol, rtol)
+            per_landmark = ["error_px"] if fam == "points" else []
+        shared = {}
+        if fields.get("identical"):
+            for name in _SHARED.intersection(per_landmark):
+                shared[name] = fields[name][0]
+                shared[name].flags.writeable = False
+        within = fields["within"].tolist()
+        max_abs, rms = fields["max_abs"].tolist(), fields["rms"].tolist()
+        max_rel, ratio = fields["max_rel"].tolist(), fields["ratio"].tolist()
+        for j, i in enumerate(idx):
+            if not within[j]:
+                out[i] = _compare_key(golden, trace, keys[i], mode, tolerances, lm_tol, n_lm, bands)
+                continue
+            key, info = keys[i], parse_key(keys[i])
+            res = StageResult(
+                stage=key, kind=info.kind if kind is None else kind, family=fam, pass_index=info.pass_index, phase=info.phase,
+                iteration=info.iteration, shape=tuple(shape), max_abs=max_abs[j], rms=rms[j],
+                max_rel=max_rel[j], ratio=ratio[j], atol=tols[j].atol, rtol=tols[j].rtol,
+                within_tolerance=True, n_beyond=0, worst_landmarks=[],
+                noise_band_px=bands.get(key), outcome=IDENTICAL if max_abs[j] == 0 else WITHIN_NOISE)
+            for name in per_landmark:
+                setattr(res, name, shared[name] if name in shared else fields[name][j])
+            out[i] = res
+    return out  # type: ignore[return-value]
+
+
+#: Per-landmark arrays that are the same for every stage of a group whose stages all have the
+#: golden's bits (zeros, ones, NaN where invisible): the stages share one array, so that a run
+#: keeps (and a worker sends) one copy per group, not one per stage. Read them, never write them.
+_SHARED = frozenset({"error_px", "max_abs_per_landmark", "peak_shift_px", "rel_per_landmark", "peak_ratio"})
+
+
+def _map_visibilities(golden: GoldenCase, info: StageKey) -> np.ndarray | None:
+    """The golden's ``passN/visibilities`` of a map stage's pass (None when it has none)."""
+    if info.kind in metrics.MAP_KINDS and info.pass_index is not None:
+        vkey = f"pass{info.pass_index}/visibilities"
+        return golden.stage(vkey) if golden.has(vkey) else None
+    return None
+
+
 def _compare_key(golden: GoldenCase, trace: dict[str, np.ndarray], key: str, mode: str,
                  tolerances: Tolerances, lm_tol: Tol, n_lm: int, bands: Mapping[str, float]) -> StageResult:
     info = parse_key(key)
     band = bands.get(key)
-    if key == FINAL_LANDMARKS:
-        tol = lm_tol
-    elif band is not None:
-        tol = noise_tolerance(tolerances.get(info.kind, "isolated"), band)
-    else:
-        tol = tolerances.get(info.kind, mode)
-    visible = None
-    if info.kind in metrics.MAP_KINDS and info.pass_index is not None:
-        vkey = f"pass{info.pass_index}/visibilities"
-        visible = golden.stage(vkey) if golden.has(vkey) else None
-    res = compare_stage(key, golden.stage(key), trace[key], tol, visible, n_lm)
+    tol = _stage_tol(key, info.kind, mode, tolerances, lm_tol, bands)
+    res = compare_stage(key, golden.stage(key), trace[key], tol, _map_visibilities(golden, info), n_lm)
     res.noise_band_px = band
     return res
 
@@ -408,13 +492,23 @@ def observed_errors(stages: Iterable[StageResult]) -> dict[str, float | None]:
 
 # --------------------------------------------------------------------------- convergence
 
+@lru_cache(maxsize=65536)
+def _iteration_of(key: str) -> tuple[int, str, int] | None:
+    """:func:`clnfdiag.keys.iteration_of`, remembered (every case repeats the same keys)."""
+    return iteration_of(key)
+
+
 def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray],
                      bands: Mapping[str, float] | None = None) -> list[ConvergenceRow]:
     """One row per (pass, phase, iteration) present on either side, in run order (with the
-    envelope's bands of each iteration's shape and mean-shifts when ``bands`` has them)."""
+    envelope's bands of each iteration's shape and mean-shifts when ``bands`` has them).
+
+    The RMS values of all rows are computed together (:func:`_batched_rms`), the same
+    arithmetic row by row."""
+    bands = bands or {}
     seen: set[tuple[int, str, int]] = set()
     for key in chain(golden.keys(), trace):
-        it = iteration_of(key)
+        it = _iteration_of(key)
         if it is not None:
             seen.add(it)
 
@@ -422,27 +516,67 @@ def convergence_rows(golden: GoldenCase, trace: Mapping[str, np.ndarray],
         phase_rank = PHASES.index(t[1]) if t[1] in PHASES else len(PHASES)
         return (t[0], phase_rank, t[1], t[2])
 
-    return [_convergence_row(golden, trace, bands or {}, *t) for t in sorted(seen, key=order)]
+    rows: list[ConvergenceRow] = []
+    own: list[tuple[ConvergenceRow, str, np.ndarray | None]] = []
+    diffs: list[tuple[ConvergenceRow, str, np.ndarray | None, np.ndarray | None]] = []
+    for p, phase, k in sorted(seen, key=order):
+        prefix = f"pass{p}/{phase}/iter{k:02d}/"
+
+        def pair(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+            key = prefix + name
+            return (golden.stage(key) if golden.has(key) else None), trace.get(key)
+
+        row = ConvergenceRow(p, phase, k)
+        g, c = pair("shape_change_norm")
+        row.shape_change_norm_golden, row.shape_change_norm_candidate = _scalar(g), _scalar(c)
+        g, c = pair("param_update")
+        row.dp_norm_golden, row.dp_norm_candidate = _norm(g), _norm(c)
+        g, c = pair("mean_shifts")
+        own += [(row, "mean_shift_rms_golden", g), (row, "mean_shift_rms_candidate", c)]
+        diffs.append((row, "mean_shift_rms_diff", g, c))
+        diffs.append((row, "landmark_rms_diff", *pair("shape")))
+        row.landmark_band_px = bands.get(prefix + "shape")
+        row.mean_shift_band_px = bands.get(prefix + "mean_shifts")
+        rows.append(row)
+    for (row, name, _), value in zip(own, _batched_rms([a for _, _, a in own])):
+        setattr(row, name, value)
+    for (row, name, _, _), value in zip(diffs, _batched_rms([g for _, _, g, _ in diffs],
+                                                            [c for _, _, _, c in diffs])):
+        setattr(row, name, value)
+    return rows
 
 
-def _convergence_row(golden: GoldenCase, trace: Mapping[str, np.ndarray], bands: Mapping[str, float],
-                     p: int, phase: str, k: int) -> ConvergenceRow:
-    def pair(name: str) -> tuple[np.ndarray | None, np.ndarray | None]:
-        key = f"pass{p}/{phase}/iter{k:02d}/{name}"
-        return (golden.stage(key) if golden.has(key) else None), trace.get(key)
+def _batched_rms(first: list[np.ndarray | None],
+                 second: list[np.ndarray | None] | None = None) -> list[float | None]:
+    """:func:`_points_rms` of each array of ``first``, or with ``second``, :func:`_diff_rms`
+    of each pair; None where those give None.
 
-    row = ConvergenceRow(p, phase, k)
-    g, c = pair("shape_change_norm")
-    row.shape_change_norm_golden, row.shape_change_norm_candidate = _scalar(g), _scalar(c)
-    g, c = pair("param_update")
-    row.dp_norm_golden, row.dp_norm_candidate = _norm(g), _norm(c)
-    g, c = pair("mean_shifts")
-    row.mean_shift_rms_golden, row.mean_shift_rms_candidate = _points_rms(g), _points_rms(c)
-    row.mean_shift_rms_diff = _diff_rms(g, c)
-    row.landmark_rms_diff = _diff_rms(*pair("shape"))
-    row.landmark_band_px = bands.get(f"pass{p}/{phase}/iter{k:02d}/shape")
-    row.mean_shift_band_px = bands.get(f"pass{p}/{phase}/iter{k:02d}/mean_shifts")
-    return row
+    Computed one stacked batch per (shape, dtypes): each row's sums run over its own
+    contiguous values in the order they do alone (numpy's pairwise sum; the 2-term sums
+    over x and y), so every value is the per-array function's to the bit.
+    """
+    out: list[float | None] = [None] * len(first)
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(first):
+        b = None if second is None else second[i]
+        if a is None or np.ndim(a) != 2 or a.shape[0] == 0:
+            continue
+        if second is not None and (b is None or np.shape(b) != np.shape(a)):
+            continue
+        groups.setdefault((a.shape, a.dtype.str, None if b is None else np.asarray(b).dtype.str), []).append(i)
+    for idx in groups.values():
+        a = np.asarray(np.stack([first[i] for i in idx]), np.float64)
+        if second is None:
+            rms = np.sqrt(np.mean(np.sum(a * a, axis=2), axis=1))
+        else:
+            d = metrics.abs_diff(a, np.stack([second[i] for i in idx]))
+            with np.errstate(over="ignore", invalid="ignore"):
+                e = np.sqrt(np.square(d).sum(axis=2))
+            with np.errstate(over="ignore"):
+                rms = np.sqrt(np.mean(e * e, axis=1))
+        for i, v in zip(idx, rms.tolist()):
+            out[i] = v
+    return out
 
 
 def _scalar(a: np.ndarray | None) -> float | None:
@@ -544,10 +678,13 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
     gate : {"stages", "landmarks"}
         See :func:`compare_traces`.
     workers : int
-        Processes (spawned; each loads what the producer needs once). Workers
-        ignore Ctrl-C (the caller's process stops the pool) and do not repeat
-        clnfdiag's warnings: read the model in the calling process first to
-        see its checksum warnings.
+        Processes (forked where the platform can: they inherit what the producer
+        already loaded, so load its model first; else spawned, each loading it
+        once). The cases are started costliest first within windows of
+        :data:`WINDOW_PER_WORKER` per worker (:func:`schedule`), the results still
+        come in input order. Workers ignore Ctrl-C (the caller's process stops
+        the pool) and do not repeat clnfdiag's warnings: read the model in the
+        calling process first to see its checksum warnings.
     progress : callable, optional
         ``progress(cases_done, cases_total)`` after each case.
     impact : callable, optional
@@ -590,7 +727,16 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
                 progress(i + 1, len(refs))
             yield from results
         return
-    yield from _run_parallel([r.path if isinstance(r, GoldenCase) else r for r in refs], job, workers, progress)
+    refs = [r.path if isinstance(r, GoldenCase) else r for r in refs]
+    if start_method() == "fork":
+        # The first case here, before the pool starts: forked workers then inherit a warm
+        # producer (numba's kernels loaded from their disk cache, the model's Sigma banks
+        # built: about a second per process) instead of each warming its own.
+        first = compare_case(refs[0], job)
+        yield from _run_parallel(refs[1:], job, workers, progress and (lambda d, t: progress(d + 1, t + 1)),
+                                 first=first)
+        return
+    yield from _run_parallel(refs, job, workers, progress)
 
 
 _WORKER_JOB: _Job | None = None
@@ -609,32 +755,86 @@ def _worker(ref: str | Path) -> list[CaseComparison | CaseFailure]:
     return compare_case(ref, _WORKER_JOB)
 
 
-def _run_parallel(refs: list, job: _Job, workers: int,
-                  progress: Callable[[int, int], None] | None) -> Iterator[CaseComparison | CaseFailure]:
-    """Bounded look-ahead over a process pool; results come back in input order."""
-    ctx = multiprocessing.get_context("spawn")
+#: Cases per scheduling window of the parallel run (times the workers): within a window the
+#: costliest cases start first, so no long case is left to run alone at the end; results
+#: wait at most about two windows for their turn to be yielded in input order.
+WINDOW_PER_WORKER = 8
+
+
+def case_cost(ref: str | Path) -> int:
+    """A case's expected comparison cost: the size of its stages archive in bytes.
+
+    Comparing and fitting scale with the stages a golden holds (passes, iterations,
+    window sizes, part models), and so does the archive (0 when it cannot be read).
+    """
+    try:
+        return (Path(ref) / "stages.npz").stat().st_size
+    except OSError:
+        return 0
+
+
+def schedule(costs: list[int], workers: int) -> list[int]:
+    """The order in which to start the cases: input order cut into windows of
+    ``WINDOW_PER_WORKER * workers`` cases, each window costliest first (longest processing
+    time first: the last cases to finish are then the short ones, which balances the workers)."""
+    size = max(1, WINDOW_PER_WORKER * workers)
+    order: list[int] = []
+    for lo in range(0, len(costs), size):
+        order += sorted(range(lo, min(lo + size, len(costs))), key=lambda i: (-costs[i], i))
+    return order
+
+
+def start_method() -> str:
+    """``fork`` where the platform has it: workers inherit the imported modules, the model and
+    the warm kernels of the main process (no second import, load and warm-up per worker, and
+    the model's pages are shared instead of copied); else ``spawn``. The fit's numerics run
+    no thread of their own (numba without ``parallel``, no BLAS); OpenCV's pthreads pool is
+    rebuilt in a forked child (its warps and conversions give the same bits there)."""
+    return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def _run_parallel(refs: list, job: _Job, workers: int, progress: Callable[[int, int], None] | None,
+                  first: list[CaseComparison | CaseFailure] | None = None,
+                  ) -> Iterator[CaseComparison | CaseFailure]:
+    """A process pool fed in :func:`schedule` order with a bounded look-ahead; results come
+    back in input order, after ``first`` (the results of a case the caller compared before
+    them), which are yielded once the pool has started: the start ignores Ctrl-C for a
+    moment, so a caller reacting to the first results must find the pool already running."""
+    ctx = multiprocessing.get_context(start_method())
+    if ctx.get_start_method() == "fork":
+        # What the main process holds now (modules, the model) is never collected while the
+        # workers run: out of the collector's reach, its pages stay shared instead of being
+        # copied into each worker when a collection walks them.
+        gc.freeze()
     ex = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(job,))
-    pending: deque[Future] = deque()
-    todo = iter(refs)
+    order = schedule([case_cost(r) for r in refs], workers)
+    ahead = (WINDOW_PER_WORKER + 2) * workers
+    pending: dict[int, Future] = {}
+    started = 0
+
+    def top_up() -> None:
+        nonlocal started
+        while started < len(order) and len(pending) < ahead:
+            i = order[started]
+            pending[i] = ex.submit(_worker, refs[i])
+            started += 1
+
     try:
         with interrupts_ignored():  # the first submissions start the workers
-            for ref in todo:
-                pending.append(ex.submit(_worker, ref))
-                if len(pending) >= 2 * workers:
-                    break
-        done = 0
-        while pending:
-            results = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(ex.submit(_worker, nxt))
-            done += 1
+            top_up()
+        if first is not None:
             if progress:
-                progress(done, len(refs))
+                progress(0, len(refs))
+            yield from first
+        for done in range(len(refs)):
+            results = pending.pop(done).result()
+            top_up()
+            if progress:
+                progress(done + 1, len(refs))
             yield from results
     except BaseException:  # Ctrl-C, or the caller stopped reading: no result is wanted any more
         terminate_workers(ex)
         raise
     finally:
         ex.shutdown(wait=True, cancel_futures=True)
-
+        gc.unfreeze()

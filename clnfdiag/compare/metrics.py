@@ -103,11 +103,11 @@ def safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """``num / den`` with 0/0 = 0 and x/0 = inf for x > 0."""
     num = np.asarray(num, np.float64)
     den = np.broadcast_to(np.asarray(den, np.float64), num.shape)
-    out = np.zeros(num.shape)
-    nz = den > 0
-    out[nz] = num[nz] / den[nz]
-    out[~nz & (num > 0)] = np.inf
-    return out
+    # The same quotients where den > 0 (one IEEE division each, whether or not the others
+    # are computed); three whole-array calls instead of boolean indexing.
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        q = num / den
+    return np.where(den > 0, q, np.where(num > 0, np.inf, 0.0))
 
 
 def pearson(golden: np.ndarray, candidate: np.ndarray) -> np.ndarray:
@@ -327,4 +327,224 @@ def compare_scalars(golden: np.ndarray, candidate: np.ndarray, tol: Tol) -> dict
     beyond = bool(err[0] > allowed[0])
     out = _summary(err, allowed, safe_div(err, scale))
     out.update(within_tolerance=not beyond, n_beyond=int(beyond), worst_landmarks=[])
+    return out
+
+
+# --------------------------------------------------------------------------- batches
+
+#: Families :func:`batch_within` computes for many stages at once (maps stay per stage: few,
+#: large, and with per-landmark visibility).
+BATCH_FAMILIES = frozenset({"points", "vector", "scalar"})
+
+
+def _identical_finite(golden: np.ndarray, candidate: np.ndarray) -> bool:
+    """True when both stacks have one dtype, the same bits everywhere and only finite values
+    (an infinite value minus itself is NaN, which the comparison counts as an infinite error)."""
+    if golden.dtype != candidate.dtype or golden.shape != candidate.shape or golden.dtype.kind not in "biuf":
+        return False
+    if golden.dtype.kind == "f":
+        u = np.dtype(f"u{golden.dtype.itemsize}")
+        if not np.array_equal(golden.view(u), candidate.view(u)):
+            return False
+        return bool(np.isfinite(golden).all())
+    return bool(np.array_equal(golden, candidate))
+
+
+def batch_scale(golden: np.ndarray, family_: str, kind: str) -> np.ndarray:
+    """Golden scales of ``k`` stacked stages of one kind, family and shape.
+
+    Parameters
+    ----------
+    golden : numpy.ndarray
+        (k, *shape) float64, the stages stacked on a new leading axis.
+    family_, kind : str
+        The stages' family and kind.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``points``: (k,) the per-stage scalar of :func:`point_scale`; ``vector``:
+        (k, *shape) the per-element scale of :func:`vector_scale`; ``scalar``: (k,) ``|golden|``.
+        Each value is the one the per-stage function computes (maxima, ``ptp`` and ``hypot``
+        are exact or elementwise, so batching does not change a bit).
+    """
+    k = golden.shape[0]
+    a = np.abs(golden) if family_ != "points" else golden
+    if family_ == "scalar":
+        return a
+    if family_ == "points":
+        if kind in DISPLACEMENT_KINDS:
+            return np.hypot(a[:, :, 0], a[:, :, 1]).max(axis=1)
+        return np.ptp(a, axis=1).max(axis=1)
+    shape = golden.shape[1:]
+    if kind in GLOBAL_PARAM_KINDS and shape == (6,):
+        return _batch_grouped_max(a, _GLOBAL_GROUPS)
+    if kind == "param_update" and len(shape) == 1 and shape[0] >= 6:
+        return _batch_grouped_max(a, _GLOBAL_GROUPS + (slice(6, None),))
+    if kind == "jacobian" and len(shape) == 2:
+        return np.broadcast_to(a.max(axis=1, keepdims=True), a.shape)
+    peak = a.reshape(k, -1).max(axis=1)
+    return np.broadcast_to(peak.reshape((k,) + (1,) * len(shape)), a.shape)
+
+
+def _batch_grouped_max(a: np.ndarray, groups: tuple[slice, ...]) -> np.ndarray:
+    """(k, m) -> (k, m): each element replaced by the max of its group along the last axis."""
+    out = np.empty_like(a)
+    for s in groups:
+        if a[:, s].size:
+            out[:, s] = a[:, s].max(axis=1, keepdims=True)
+    return out
+
+
+def batch_within(family_: str, kind: str, golden: np.ndarray, candidate: np.ndarray,
+                 atol: np.ndarray, rtol: np.ndarray) -> dict[str, np.ndarray]:
+    """Summary fields of ``k`` stages of one family, kind and shape, in one vectorised pass.
+
+    The per-stage functions (:func:`compare_points`, :func:`compare_vectors`,
+    :func:`compare_scalars`) cost a few dozen numpy calls each on arrays of tens of
+    values, so a trace of ~500 stages spent almost all its time in call overhead.
+    Here every stage of a group is one row of a stacked array and each quantity is
+    one call over all rows. The arithmetic is the same operation on the same
+    values: elementwise differences, divisions and ``atol + rtol * scale`` are
+    elementwise; maxima are exact; the one sum, the RMS's mean of squares, is
+    numpy's pairwise sum over each contiguous row, the same order as over the
+    row alone. Only stages whose every value is within tolerance are fully
+    described by these fields (``n_beyond`` 0, no worst landmarks, no note); the
+    caller recomputes the others, rare and needing per-landmark detail, stage by
+    stage.
+
+    Parameters
+    ----------
+    family_ : {"points", "vector", "scalar"}
+    kind : str
+        Stage kind (selects the scale's grouping).
+    golden, candidate : numpy.ndarray
+        (k, *shape), any numeric dtype; compared in float64.
+    atol, rtol : numpy.ndarray
+        (k,) float64, each stage's tolerance.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        (k,) float64 ``max_abs``, ``rms``, ``max_rel``, ``ratio``; (k,) bool
+        ``within`` (every value within tolerance and finite); ``error_px`` (k, n)
+        for points; ``identical`` (bool) when every stage has the golden's bits.
+    """
+    k = golden.shape[0]
+    if _identical_finite(golden, candidate):
+        # Every difference is +0.0 (x - x of a finite x), and so is every quotient of it: the
+        # fields below at no cost, as the gate of a bit-faithful implementation mostly sees.
+        zeros = np.zeros(k)
+        out = {"max_abs": zeros, "rms": zeros, "max_rel": zeros, "ratio": zeros, "within": np.ones(k, bool),
+               "identical": True}
+        if family_ == "points":
+            out["error_px"] = np.zeros(golden.shape[:2])
+        return out
+    g = np.asarray(golden, np.float64)
+    d = abs_diff(g, candidate)
+    scale = batch_scale(g, family_, kind)
+    if family_ == "points":
+        with np.errstate(over="ignore", invalid="ignore"):
+            err = np.sqrt(np.square(d).sum(axis=2))
+        allowed = np.broadcast_to((atol + rtol * scale)[:, None], err.shape)
+        rel = safe_div(err, np.broadcast_to(scale[:, None], err.shape))
+    else:
+        err = d.reshape(k, -1)
+        col = (k,) + (1,) * (scale.ndim - 1)
+        allowed = (atol.reshape(col) + rtol.reshape(col) * scale).reshape(k, -1)
+        rel = safe_div(d, scale).reshape(k, -1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rms = np.sqrt(np.mean(np.square(err), axis=1))
+    out = {"max_abs": err.max(axis=1), "rms": rms, "max_rel": rel.max(axis=1),
+           "ratio": safe_div(err, allowed).max(axis=1),
+           "within": ~(err > allowed).any(axis=1) & np.isfinite(err).all(axis=1)}
+    if family_ == "points":
+        out["error_px"] = err
+    return out
+
+
+def batch_maps(golden: np.ndarray, candidate: np.ndarray, visible: np.ndarray | None,
+               atol: np.ndarray, rtol: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`compare_maps` of ``k`` map stages of one shape and one visibility, in one pass.
+
+    Every per-landmark metric of :func:`map_metrics` is a function of one landmark's map
+    alone (its own maxima, argmax, mean, sums), so the ``k`` stacks of ``n`` maps are
+    judged as one stack of ``k * n`` maps, then split again. The stage's RMS is over its
+    visible values, flattened: one contiguous row per stage, summed in the same pairwise
+    order as alone.
+
+    Parameters
+    ----------
+    golden, candidate : numpy.ndarray
+        (k, n, h, w) maps.
+    visible : numpy.ndarray or None
+        (n,) visibilities shared by the ``k`` stages (None: all).
+    atol, rtol : numpy.ndarray
+        (k,) float64 tolerances.
+
+    Returns
+    -------
+    dict[str, numpy.ndarray]
+        (k, n) per-landmark arrays named as in :func:`map_metrics` (``rms_per_landmark``
+        left out, as :func:`compare_maps` leaves it); (k,) ``max_abs``, ``rms``,
+        ``max_rel``, ``ratio``; (k,) bool ``within`` (no visible landmark beyond tolerance,
+        no NaN anywhere in the candidate: those stages need :func:`compare_maps`' notes and
+        worst landmarks); ``identical`` (bool) every stage has the golden's bits.
+    """
+    k, n = golden.shape[:2]
+    vis = np.ones(n, bool) if visible is None else np.asarray(visible).astype(bool).reshape(n)
+    flat = (k * n,) + golden.shape[2:]
+    identical = _identical_finite(golden, candidate)
+    if identical:
+        m = _identical_map_metrics(golden.reshape(flat), np.tile(vis, k))
+    else:
+        m = map_metrics(golden.reshape(flat), candidate.reshape(flat), np.tile(vis, k))
+    m.pop("visible")
+    m.pop("rms_per_landmark")
+    out = {name: v.reshape(k, n) for name, v in m.items()}
+    err = np.where(vis, out["max_abs_per_landmark"], 0.0)
+    scale = np.where(vis, out["peak_golden"], 0.0)
+    allowed = atol[:, None] + rtol[:, None] * scale
+    beyond = vis & (err > allowed)
+    nvis = int(vis.sum())
+    if nvis:
+        vals = abs_diff(golden[:, vis].reshape(k, -1), candidate[:, vis].reshape(k, -1))
+        ev, av = err[:, vis], allowed[:, vis]
+        out["max_abs"] = ev.max(axis=1)
+        out["max_rel"] = safe_div(err, scale)[:, vis].max(axis=1)
+        out["ratio"] = safe_div(ev, av).max(axis=1)
+        if vals.shape[1]:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out["rms"] = np.sqrt(np.mean(np.square(vals), axis=1))
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):
+                out["rms"] = np.sqrt(np.mean(np.square(ev), axis=1))
+    else:
+        out["max_abs"] = out["max_rel"] = out["ratio"] = out["rms"] = np.zeros(k)
+    nan = np.isnan(candidate).reshape(k, -1).any(axis=1) if candidate.dtype.kind == "f" else np.zeros(k, bool)
+    out["within"] = ~beyond.any(axis=1) & ~nan
+    out["identical"] = identical
+    return out
+
+
+def _identical_map_metrics(golden: np.ndarray, visible: np.ndarray) -> dict[str, np.ndarray]:
+    """:func:`map_metrics` of maps whose candidate has the golden's bits (all finite).
+
+    Each value is what :func:`map_metrics` computes from two equal maps, without
+    computing the candidate's side: differences and peak shifts are +0.0, the
+    candidate's peak is the golden's, the peak ratio ``x / x`` is exactly 1 (0/0 is 1
+    there by definition), the relative error ``0 / x`` is 0. The correlation is
+    computed (:func:`pearson` of the map with itself: ``sum(g*g) / (|g| |g|)``
+    need not round to exactly 1).
+    """
+    n = golden.shape[0]
+    g = np.asarray(golden, np.float64).reshape(n, -1)
+    peak = np.abs(g).max(axis=1, initial=0.0)
+    zeros = np.zeros(n)
+    out = {"peak_golden": peak, "peak_candidate": peak.copy(), "max_abs_per_landmark": zeros,
+           "rms_per_landmark": zeros, "peak_ratio": _ratio_one_when_equal(peak, peak),
+           "rel_per_landmark": safe_div(zeros, peak), "peak_shift_px": zeros, "correlation": pearson(g, g)}
+    for key in out:
+        out[key] = np.where(visible, out[key], np.nan)
+    out["visible"] = visible
     return out

@@ -34,14 +34,13 @@ version, so they are cached under ``$XDG_CACHE_HOME/clnfdiag/noise`` (default
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import cache
 from ..fitter import Fitter
 from ..golden import GoldenCase
 from ..trace import Recorder
@@ -66,6 +65,8 @@ PERTURBED_KINDS = ("response", "param_update")
 MAX_ULPS = 3
 #: Bumped whenever the perturbation model or the fit changes what an envelope measures.
 MODEL_VERSION = "noise-3"
+#: The cache (:mod:`clnfdiag.cache`) holding envelopes by content hash.
+CACHE = "noise"
 #: The key of the final landmarks (the band).
 _FINAL = "final/landmarks"
 
@@ -143,39 +144,54 @@ def measure(case: GoldenCase, fitter: Fitter, runs: int = DEFAULT_RUNS) -> Envel
 
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/clnfdiag/noise`` (default ``~/.cache/clnfdiag/noise``)."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "clnfdiag" / "noise"
+    return cache.cache_dir(CACHE)
 
 
 def _cache_key(case: GoldenCase, runs: int) -> str:
-    h = hashlib.sha256()
-    for name in ("manifest.json", "stages.npz"):
-        h.update((Path(case.path) / name).read_bytes())
-    h.update(f"{MODEL_VERSION}|{runs}|{SEED}".encode())
-    return h.hexdigest()
+    """Content key of an envelope: everything it depends on.
+
+    The manifest (image SHA-256, box, parameters, layout) without its case id (a
+    name: two copies of one golden under two ids have one envelope), the archive's
+    bytes, and the measurement's version, K and seed. Any other change of the
+    golden gives another key, so a stale envelope is never read.
+    """
+    manifest = {k: v for k, v in case.manifest.items() if k != "case"}
+    raw = getattr(case.stages, "raw_bytes", None)
+    archive = raw() if raw is not None else (Path(case.path) / "stages.npz").read_bytes()
+    return cache.content_key([json.dumps(manifest, sort_keys=True), archive,
+                              f"{MODEL_VERSION}|{runs}|{SEED}"])
 
 
 def envelope(case: GoldenCase, fitter: Fitter, runs: int = DEFAULT_RUNS) -> Envelope:
     """The case's envelope, from the cache when this golden's bytes were measured before.
 
-    A cache that cannot be read or written is ignored (measured again).
+    A cache that cannot be read or written is ignored (measured again). Processes
+    needing one envelope at once (workers reaching copies of one golden) measure it
+    once: the others wait on the entry's lock (:func:`clnfdiag.cache.key_lock`) and
+    then read it.
     """
-    path = cache_dir() / f"{_cache_key(case, runs)}.json"
-    try:
-        return Envelope.from_json(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
-    env = measure(case, fitter, runs)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        # inf (a stage whose shape changed in some run) is kept as JSON's Infinity on purpose:
-        # the cache is ours, read back by json.loads.
-        tmp.write_text(json.dumps(env.to_json()), encoding="utf-8")
-        tmp.replace(path)
-    except OSError:
-        pass
+    key = _cache_key(case, runs)
+    env = _cached(key)
+    if env is not None:
+        return env
+    with cache.key_lock(CACHE, key):
+        env = _cached(key)  # measured by another process while this one waited
+        if env is None:
+            env = measure(case, fitter, runs)
+            # inf (a stage whose shape changed in some run) is kept as JSON's Infinity on purpose.
+            cache.write_json(CACHE, key, env.to_json())
     return env
+
+
+def _cached(key: str) -> Envelope | None:
+    """The cached envelope ``key``, or None (absent, unreadable or not an envelope)."""
+    cached = cache.read_json(CACHE, key)
+    if cached is not None:
+        try:
+            return Envelope.from_json(cached)
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass
+    return None
 
 
 __all__ = ["Envelope", "envelope", "measure", "stage_spread", "cache_dir", "DEFAULT_RUNS",

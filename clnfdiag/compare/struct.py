@@ -146,7 +146,7 @@ class Envelope:
                    {str(k): float(v) for k, v in d.get("stage_bands", {}).items()})
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance dict: a run keeps ~500 of these per comparison
 class StageResult:
     """Comparison of one stage key.
 

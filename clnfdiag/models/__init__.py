@@ -102,6 +102,8 @@ def _load_clnf(name: str, clnf_cfg_path: Path, model_dir: Path, strict: bool,
     cfg = read_clnf_config(_checked(clnf_cfg_path, model_dir, strict, files))
     pdm = read_pdm(_checked(cfg.pdm_file, model_dir, strict, files))
     scales = [read_ccnf(_checked(f, model_dir, strict, files)) for f in cfg.ccnf_files]
+    for f, s in zip(cfg.ccnf_files, scales):
+        s.sha256 = files[_rel(f, model_dir)]
     for s in scales:
         if s.n_points != pdm.n_points:
             raise ModelError(f"patch experts are for {s.n_points} points, the PDM has "

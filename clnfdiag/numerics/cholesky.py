@@ -247,11 +247,18 @@ def solve_small(a, b):  # pragma: no cover - compiled
 def opencv_cholesky_factor(a):  # pragma: no cover - compiled
     """Factor of OpenCV's ``CholImpl<float>``: lower ``L`` with ``1/sqrt`` on the diagonal.
 
-    Row by row: ``L[i,j] = float((a[i,j] - Σ_k float(L[i,k]·L[j,k])) · L[j,j])``
-    for ``j < i`` with the sum a sequential double accumulator; then
-    ``s = a[i,i] - Σ_k L[i,k]²`` (double squares) and
-    ``L[i,i] = float(1 / sqrt(s))``. Fails when ``s < FLT_EPSILON`` (a NaN
-    passes, as in C++).
+    Entry by entry as OpenCV's row-by-row loop:
+    ``L[i,j] = float((a[i,j] - Σ_k float(L[i,k]·L[j,k])) · L[j,j])`` for ``j < i``
+    with the sum a sequential double accumulator (k ascending); then
+    ``s = a[i,i] - Σ_k L[i,k]²`` (double squares) and ``L[i,i] = float(1 / sqrt(s))``.
+    Fails when ``s < FLT_EPSILON`` (a NaN passes, as in C++).
+
+    Computed column by column here (left-looking): column ``j`` needs only
+    columns ``< j`` (its diagonal first, then every entry below it), so all
+    rows of a column advance together in vector lanes, each entry with exactly
+    OpenCV's operations in OpenCV's order (the same bits). The first failing
+    pivot is the same too: OpenCV's row ``i`` fails on ``s_ii``, which depends
+    only on row ``i``'s entries left of the diagonal, as here.
 
     Parameters
     ----------
@@ -260,26 +267,37 @@ def opencv_cholesky_factor(a):  # pragma: no cover - compiled
     Returns
     -------
     L : (n, n) float32
-        Lower factor, reciprocal diagonal; entries above the diagonal are 0.
+        Lower factor, reciprocal diagonal; entries above the diagonal are 0
+        (on failure only the columns before the failing pivot are filled).
     ok : bool
     """
     n = a.shape[0]
-    L = np.zeros((n, n), np.float32)
+    lt = np.zeros((n, n), np.float32)          # lt[j, i] = L[i, j]: a column per row
+    acc = np.empty(n, np.float64)
     eps = F64(np.finfo(np.float32).eps)
-    for i in range(n):
-        for j in range(i):
-            s = F64(a[i, j])
-            for k in range(j):
-                s -= F64(L[i, k] * L[j, k])   # float product, double subtraction
-            L[i, j] = F32(s * F64(L[j, j]))
-        s = F64(a[i, i])
-        for k in range(i):
-            t = F64(L[i, k])
+    for j in range(n):
+        s = F64(a[j, j])
+        for k in range(j):
+            t = F64(lt[k, j])
             s -= t * t
         if s < eps:
-            return L, False
-        L[i, i] = F32(1.0 / np.sqrt(s))
-    return L, True
+            return np.ascontiguousarray(lt.T), False
+        d = F32(1.0 / np.sqrt(s))
+        lt[j, j] = d
+        m = n - j - 1                          # the rows below the diagonal, i = j + 1 + r
+        below = acc[:m]
+        for r in range(m):
+            below[r] = F64(a[j + 1 + r, j])
+        for k in range(j):
+            ljk = lt[k, j]
+            col = lt[k, j + 1:]
+            for r in range(m):
+                below[r] = below[r] - F64(col[r] * ljk)   # float product, double subtraction
+        dd = F64(d)
+        out = lt[j, j + 1:]
+        for r in range(m):
+            out[r] = F32(below[r] * dd)
+    return np.ascontiguousarray(lt.T), True
 
 
 @njit_np

@@ -80,7 +80,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fma import fma32, njit
+from .fma import CHAIN_BLOCK, fma32, fma_chains_8x8, njit
 
 __all__ = [
     "SMALL_KERNEL_MAX_MNK",
@@ -283,18 +283,28 @@ def hessian_nb(J, jw, reg):
     kc = lane_row_start(k, R)
     zero = np.float32(0.0)
     if kc > 0:
-        acc = np.zeros((kc, k), np.float32)         # acc[q, p]: one chain per element
+        # The chains in blocks of 8 columns q by 8 rows p (fma_chains_8x8: the 64 chains
+        # in registers); fma(jw, J) is fma(J, jw), the product being exact. Operands
+        # padded with zero columns to whole blocks; the padding's chains are dropped.
+        kp = -(-k // CHAIN_BLOCK) * CHAIN_BLOCK
+        jwp = np.zeros((R, kp), np.float32)
         for r in range(R):
-            jwr = jw[r]
-            for q in range(kc):
-                x = J[r, q]
-                a = acc[q]
-                for p in range(k):
-                    a[p] = fma32(x, jwr[p], a[p])
-        for q in range(kc):
             for p in range(k):
-                c = reg[p] if p == q else zero
-                H[p, q] = c + acc[q, p]
+                jwp[r, p] = jw[r, p]
+        w8 = np.empty((R, CHAIN_BLOCK), np.float32)
+        blk = np.empty((CHAIN_BLOCK, CHAIN_BLOCK), np.float32)
+        for q0 in range(0, kc, CHAIN_BLOCK):
+            for r in range(R):
+                for j in range(CHAIN_BLOCK):
+                    w8[r, j] = J[r, q0 + j] if q0 + j < kc else zero
+            for p0 in range(0, k, CHAIN_BLOCK):
+                fma_chains_8x8(jwp, w8, p0, blk)
+                for j in range(min(CHAIN_BLOCK, kc - q0)):
+                    q = q0 + j
+                    for l in range(min(CHAIN_BLOCK, k - p0)):
+                        p = p0 + l
+                        c = reg[p] if p == q else zero
+                        H[p, q] = c + blk[j, l]
     if kc < k:
         nl = k - kc
         lanes = np.zeros((nl, 16, k), np.float32)   # lanes[q - kc, l, p]

@@ -206,6 +206,7 @@ Plots = dict[str, tuple[bytes | None, str | None]]
 def _render_case(view: Any, arrays: Any) -> Plots:
     """Every plot of one case."""
     from . import plots as _plots
+    from .accuracy import plot_annotation
     from .tables import convergence_rows
 
     return {
@@ -214,6 +215,7 @@ def _render_case(view: Any, arrays: Any) -> Plots:
         "peak_ratio": _plots.plot_peak_ratios(view),
         "maps": _plots.plot_maps(view, arrays),
         "convergence": _plots.plot_convergence(view, convergence_rows(view)),
+        "annotation": plot_annotation(arrays),
     }
 
 
@@ -290,6 +292,10 @@ def rebuild_report(summary_json: str | Path, out_dir: str | Path | None = None, 
     from .tables import load_summary
 
     summary_json = Path(summary_json)
+    from .drift import read_sequence_summary, write_drift_report
+    sequences = read_sequence_summary(summary_json)  # a tracking comparison: its drift report
+    if sequences is not None:
+        return write_drift_report(sequences, out_dir or default_out_dir(), str(summary_json), option)
     data = load_summary(summary_json)
     return write_report(data, out_dir, arrays_file=summary_json.parent / ARRAYS_FILE, source=str(summary_json),
                         option=option)

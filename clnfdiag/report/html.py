@@ -51,6 +51,7 @@ PLOTS = [
     ("peak_ratio", "Peak-magnitude ratio per landmark"),
     ("maps", "Response maps of the worst landmarks"),
     ("convergence", "Convergence"),
+    ("annotation", "Annotated points beside golden and candidate"),  # only where an annotation is present
 ]
 
 #: Rows of the stage table shown per case (the rest is in summary.json).
@@ -477,6 +478,8 @@ def case_section(v: CaseView, plots: dict[str, tuple[bytes | None, str | None]],
     figs = []
     for stem, heading in PLOTS:
         png, note = plots.get(stem, (None, "not made"))
+        if png is None and stem == "annotation":
+            continue  # most goldens have no annotation: no placeholder for it
         if png is None:
             figs.append(f'<figure><figcaption><b>{esc(heading)}</b></figcaption>'
                         f'<p class="note">Not shown: {esc(note)}.</p></figure>')

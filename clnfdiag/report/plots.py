@@ -74,9 +74,11 @@ class CaseArrays:
     golden_centre: np.ndarray | None = None
     candidate_centre: np.ndarray | None = None
     notes: dict[str, str] = field(default_factory=dict)
+    #: (68, 2) human annotation ``(x, y)`` from the golden's folder (:data:`ANNOTATION_FILES`), if any.
+    annotation: np.ndarray | None = None
 
     _ARRAYS = ("image", "image_origin", "golden_landmarks", "candidate_landmarks", "map_landmarks", "golden_maps",
-               "candidate_maps", "golden_centre", "candidate_centre")
+               "candidate_maps", "golden_centre", "candidate_centre", "annotation")
 
     def save_into(self, store: dict[str, np.ndarray], prefix: str) -> None:
         """Add the present arrays to ``store`` under ``prefix/name`` (for report_arrays.npz)."""
@@ -157,6 +159,7 @@ def gather_arrays(view: CaseView, golden: Any, candidate: Mapping[str, Any] | No
         out.notes["landmarks"] = f"image not readable: {exc}"
     out.golden_landmarks = _stage(golden, "final/landmarks")
     out.candidate_landmarks = _stage(candidate, "final/landmarks")
+    out.annotation = case_annotation(getattr(golden, "path", None))
     if candidate is None:
         out.notes["landmarks"] = out.notes["maps"] = "candidate stages not given to the report"
     elif out.candidate_landmarks is None:
@@ -186,6 +189,27 @@ def gather_arrays(view: CaseView, golden: Any, candidate: Mapping[str, Any] | No
         out.golden_centre = None if gc is None else gc[lms]
         out.candidate_centre = None if cc is None or cc.shape != gc.shape else cc[lms]
     return out
+
+
+#: Annotation files looked for in a golden's folder (the report then shows them beside the fits).
+ANNOTATION_FILES = ("annotation.pts", "annotation.ljson")
+
+
+def case_annotation(case_dir: Any) -> np.ndarray | None:
+    """(68, 2) annotated ``(x, y)`` from ``annotation.pts`` / ``.ljson`` in the case folder, else None.
+
+    An unreadable annotation is left out of the report (a figure is not worth failing it).
+    """
+    from ..annotations import read_annotation
+    from ..errors import InputError
+    for name in ANNOTATION_FILES:
+        path = Path(case_dir) / name if case_dir is not None else None
+        if path is not None and path.is_file():
+            try:
+                return read_annotation(path).points
+            except InputError:
+                return None
+    return None
 
 
 def _crop_window(points: list[np.ndarray], width: int, height: int) -> tuple[int, int, int, int]:
