@@ -74,16 +74,17 @@ def accuracy(paths: tuple[Path, ...], presets: tuple[str, ...], boxes: tuple[str
     faces = find_faces(paths)
     golden_dirs, candidate_dirs = case_folders(goldens), case_folders(candidates)
     fitter = Fitter(models=models_dir)
+    port_fitter = None
+    if port is not None:  # loaded once, before any fit (a bad --port is said at once)
+        from .ports import load_port
+        port_fitter = Fitter(fitter.model, main_ops=load_port(port))
     hierarchical = False if no_hierarchical else None
+    presets, boxes = presets or DEFAULT_PRESETS, boxes or BOX_SOURCES
     rows, pictures = [], []
     for face in faces:
-        face_rows = fit_rows(fitter, face, presets or DEFAULT_PRESETS, boxes or BOX_SOURCES,
-                             hierarchical=hierarchical)
-        if port is not None:
-            from .ports import load_port
-            port_fitter = Fitter(fitter.model, main_ops=load_port(port))
-            face_rows += fit_rows(port_fitter, face, presets or DEFAULT_PRESETS, boxes or BOX_SOURCES,
-                                  f"port:{port}", hierarchical)
+        face_rows = fit_rows(fitter, face, presets, boxes, hierarchical=hierarchical)
+        if port_fitter is not None:
+            face_rows += fit_rows(port_fitter, face, presets, boxes, f"port:{port}", hierarchical)
         face_rows += same_picture_rows(face, golden_dirs, "golden")
         face_rows += same_picture_rows(face, candidate_dirs, "candidate")
         rows += face_rows

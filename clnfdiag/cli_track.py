@@ -9,7 +9,6 @@ moved into place whole at the end (:mod:`clnfdiag.outputs`).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import replace
@@ -22,6 +21,7 @@ import numpy as np
 from .cli_fit import draw_overlay, parse_bbox
 from .cli_support import MODELS_HELP
 from .errors import EXIT_FIT_FAILED, InputError, OutputError, note_line, warning_line
+from .models.locate import sha256_file
 from .outputs import check_folder_target, is_empty_folder, staged_folder, write_file
 
 #: File extensions taken from a frames folder (what cv2.imread reads), compared lower-case.
@@ -183,7 +183,7 @@ def _write_trace(target: Path, files: list[Path], records: list, params, fitter,
             name = FRAME_NAME.format(rec.frame)
             entry = rec.as_json()
             entry["image"] = str(f.resolve())
-            entry["image_sha256"] = hashlib.sha256(f.read_bytes()).hexdigest()
+            entry["image_sha256"] = sha256_file(f)
             if rec.stages:
                 start = rec.stages.get("init/params_global")
                 frame_box = (box if rec.frame == 0 and box is not None else

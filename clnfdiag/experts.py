@@ -241,8 +241,8 @@ class ExpertBank:
         with self._sigma_lock(key):
             cached = self._sigmas.get(key)
             if cached is None:
-                # Only the transposed set is kept (the fit reads nothing else); :meth:`sigma`
-                # transposes it back when asked (the same bits: a copy).
+                # The fit reads only the transposed set; :meth:`sigma` transposes it back
+                # when asked (the same bits: a copy) and then keeps that too.
                 sig = self._sigmas.get(window)
                 if sig is None:
                     sig = self._compute_sigma(window)

@@ -297,7 +297,7 @@ class Fitter:
             sub = hook.scoped(hypothesis_prefix(h)) if on else hook
             r = self._fit_from(gray, box, p, sub, faults, rotation, record_input=False)
             # float32, as OpenFace's ``model_likelihood`` member.
-            seen = F32(r.likelihood) if _took_likelihood(r) else seen
+            seen = F32(r.likelihood) if _likelihoods_taken(r.landmark_likelihoods) else seen
             likelihoods.append(float(seen))
             if best is None or best_lh < seen:
                 best, best_index, best_lh = r, h, seen
@@ -448,11 +448,6 @@ class Fitter:
             refined[part.mapping[:, 0]] = part_out[part.mapping[:, 1]]
         g, loc = self.main.pdm.calc_params_from_landmarks(refined)
         return self.main.shape_2d(loc, g), g, loc, True
-
-
-def _took_likelihood(result: FitResult) -> bool:
-    """True if the fit's last pass took the likelihoods (not when it stopped, face too small, before)."""
-    return _likelihoods_taken(result.landmark_likelihoods)
 
 
 def _likelihoods_taken(landmark_likelihoods: np.ndarray | None) -> bool:

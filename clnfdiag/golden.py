@@ -1091,8 +1091,9 @@ def _trace_key(key: str) -> tuple[str | None, int | None, StageLayout]:
     """
     if not isinstance(key, str):
         raise InputError(f"stage key must be a string like 'pass0/response', got {type(key).__name__}")
-    if split_hypothesis(key)[0] is not None:
-        return _trace_key(split_hypothesis(key)[1])
+    hypothesis, rest = split_hypothesis(key)
+    if hypothesis is not None:
+        return _trace_key(rest)
     part, lookup = None, key
     if key.startswith("hierarchical/") and key.count("/") >= 2:
         part, _, rest = key[len("hierarchical/"):].partition("/")

@@ -306,8 +306,12 @@ class PDM:
         ``J^T r - R p`` are OpenCV's own gemm
         (:func:`~clnfdiag.numerics.cvlinalg.gemm_f32`), the rotation update
         OpenCV's SVD and ``cv::Rodrigues`` (:mod:`.rotation`), the solve is
-        ``cv::solve(DECOMP_CHOLESKY)`` emulated
-        (:func:`~clnfdiag.numerics.cholesky.solve_cholesky`); the 3D shape
+        ``cv::solve(DECOMP_CHOLESKY)`` emulated by OpenCV's own Cholesky
+        (:func:`~clnfdiag.numerics.cholesky.opencv_cholesky_factor`, compiled into the
+        loop), which is what OpenCV runs below
+        :data:`~clnfdiag.numerics.cholesky.LAPACK_THRESHOLD` unknowns: every OpenFace
+        model has fewer (the main one 40); from 100 OpenCV would call LAPACK, which
+        :func:`~clnfdiag.numerics.cholesky.solve_cholesky` covers but this loop does not; the 3D shape
         ``M + V p`` (OpenCV's gemm: OpenBLAS's small kernel from 100 rows, its own
         double sums below) and the Hessian (OpenBLAS's small kernel) are exact
         ports (:mod:`clnfdiag.numerics.sgemm`).

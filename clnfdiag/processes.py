@@ -3,7 +3,7 @@
 Ctrl-C in a terminal sends SIGINT to the whole process group. The main process
 turns it into one line and exit 130 (:mod:`clnfdiag.cli_support`) and stops its
 pools; a worker that got it too would only print a traceback of its own. So
-workers are started with SIGINT blocked (:func:`interrupts_ignored` around the
+workers are started with SIGINT blocked (:func:`interrupts_blocked` around the
 code that starts them: a blocked mask is inherited through ``fork`` and kept
 through ``exec``, so there is no window before a worker's initializer runs), then
 ignore it (:func:`ignore_interrupts` as their initializer), and are stopped
@@ -33,7 +33,7 @@ def ignore_interrupts() -> None:
 
 
 @contextmanager
-def interrupts_ignored() -> Iterator[None]:
+def interrupts_blocked() -> Iterator[None]:
     """SIGINT kept from the processes started in the block (wrap the start of worker processes).
 
     The block blocks SIGINT in this (the main) thread instead of ignoring it
@@ -68,4 +68,4 @@ def terminate_workers(executor: ProcessPoolExecutor) -> None:
         proc.terminate()
 
 
-__all__ = ["usable_cpus", "ignore_interrupts", "interrupts_ignored", "terminate_workers"]
+__all__ = ["usable_cpus", "ignore_interrupts", "interrupts_blocked", "terminate_workers"]

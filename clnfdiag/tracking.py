@@ -52,8 +52,6 @@ REINIT_UNTRACKED_FACTOR = 6
 MAX_FAILURES_IN_A_ROW = 100
 #: Scale the face template is matched at, relative to the model scale (``face_template_scale``).
 FACE_TEMPLATE_SCALE = 0.3
-#: The rotation hypotheses of OpenFace's multi-view image fit, in its order (defined once, in the fitter).
-MULTI_VIEW_ROTATIONS = ROTATION_HYPOTHESES
 
 
 @dataclass(frozen=True)
@@ -143,6 +141,12 @@ class TrackerState:
                        params_local=self.params_local.copy(), landmarks=self.landmarks.copy(),
                        landmark_likelihoods=None if self.landmark_likelihoods is None
                        else self.landmark_likelihoods.copy())
+
+    def take_estimate(self, other: "TrackerState") -> None:
+        """Take ``other``'s estimate: parameters, landmarks and likelihoods (nothing else)."""
+        self.params_global, self.params_local = other.params_global, other.params_local
+        self.landmarks, self.likelihood = other.landmarks, other.likelihood
+        self.landmark_likelihoods = other.landmark_likelihoods
 
 
 @dataclass
@@ -334,10 +338,7 @@ class Tracker:
         saved = s.copy()
         ok = self._detect_multi_view(gray, gray_f32, box, hook)
         if not initial_detection and not ok:
-            # The previous estimate comes back; the failed fit's success flag stays.
-            s.params_global, s.params_local = saved.params_global, saved.params_local
-            s.likelihood, s.landmarks = saved.likelihood, saved.landmarks
-            s.landmark_likelihoods = saved.landmark_likelihoods
+            s.take_estimate(saved)  # the failed fit's success flag stays
             return False
         s.failures_in_a_row = -1
         if self.params.use_face_template:
@@ -356,7 +357,7 @@ class Tracker:
         pdm = self.fitter.main.pdm
         best = None
         best_hook = hook
-        for k, rotation in enumerate(MULTI_VIEW_ROTATIONS):
+        for k, rotation in enumerate(ROTATION_HYPOTHESES):
             s.params_local = pdm.zero_local()
             s.params_global = pdm.calc_params_from_bbox(box, s.params_local, rotation)
             h = Recorder() if isinstance(hook, Recorder) else NO_HOOK
@@ -365,10 +366,8 @@ class Tracker:
                 best = (s.copy(), ok, self._hier_used)
                 best_hook = h
         kept, ok, self._hier_used = best
-        s.params_global, s.params_local = kept.params_global, kept.params_local
-        s.landmarks, s.likelihood = kept.landmarks, kept.likelihood
         # view_used is not part of what OpenFace keeps: the last hypothesis's view stays.
-        s.landmark_likelihoods = kept.landmark_likelihoods
+        s.take_estimate(kept)
         s.detection_success = ok
         if isinstance(hook, Recorder) and isinstance(best_hook, Recorder):
             hook.stages.update(best_hook.stages)
@@ -494,5 +493,4 @@ def template_shift(gray: np.ndarray, pdm, s: TrackerState, template_scale: float
 
 
 __all__ = ["Tracker", "TrackerState", "TrackingParameters", "FrameRecord", "face_template",
-           "template_shift", "c_remainder", "WINDOW_SIZES_SMALL", "REINIT_VIDEO_EVERY",
-           "MULTI_VIEW_ROTATIONS"]
+           "template_shift", "c_remainder", "WINDOW_SIZES_SMALL", "REINIT_VIDEO_EVERY"]

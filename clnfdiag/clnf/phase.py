@@ -183,13 +183,13 @@ def run_phase(pdm: PDM, g, loc, rigid: bool, base_shape, sim_img_to_ref, sim_ref
         w = np.ascontiguousarray(weights, dtype=F32).reshape(-1)
         ws = int(window)
         cols, rows = _cell_index(ws)
-        c = (vis, np.flatnonzero(vis), reg, w, bool(np.all(w == 1)), ws, F32((ws - 1) // 2),
+        c = (vis, np.flatnonzero(vis), reg, w, bool(np.all(w == 1)), F32((ws - 1) // 2),
              kde_kernel_table(sigma, ws), cols, rows, F32(ws) - KDE_STEP, (weights, visible))
         if constants is not None:
             if len(constants) >= PHASE_CONSTANTS_KEPT:   # fresh arrays every call: no growth
                 constants.clear()
             constants[key] = c
-    vis, vis_idx, reg, w, unit_w, ws, half, table, cols, rows, hi, _keep = c
+    vis, vis_idx, reg, w, unit_w, half, table, cols, rows, hi, _keep = c
     if reg.shape[0] >= LAPACK_THRESHOLD:
         return None
     n = vis.shape[0]

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ClnfdiagError, ClnfdiagWarning, InputError
 from ..golden import GoldenCase, read_case
 from ..keys import PHASES, StageKey, iteration_of, parse
-from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers
+from ..processes import ignore_interrupts, interrupts_blocked, terminate_workers
 from . import metrics
 from .struct import (BEYOND_NOISE, DIVERGED, IDENTICAL, MAP_FIELDS, PASS, WITHIN_NOISE, CaseComparison,
                      CaseFailure, Cause, ConvergenceRow, Envelope, StageResult)
@@ -820,7 +820,7 @@ def _run_parallel(refs: list, job: _Job, workers: int, progress: Callable[[int, 
             started += 1
 
     try:
-        with interrupts_ignored():  # the first submissions start the workers
+        with interrupts_blocked():  # the first submissions start the workers
             top_up()
         if first is not None:
             if progress:

@@ -26,7 +26,6 @@ the floor alone applies.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from ..errors import GoldenError, InputError
+from ..models.locate import sha256_file
 
 F32 = np.float32
 
@@ -268,7 +268,7 @@ def check_frames(run: SequenceRun) -> None:
             raise GoldenError("frame image not found", f)
         want = run.frame_sha256[i] if run.frame_sha256 and i < len(run.frame_sha256) else None
         if want:
-            got = hashlib.sha256(f.read_bytes()).hexdigest()
+            got = sha256_file(f)
             if got != want:
                 raise GoldenError(f"frame differs from the run's SHA-256 ({got[:12]}... != {want[:12]}...)", f)
 

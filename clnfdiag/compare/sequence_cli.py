@@ -8,7 +8,6 @@ summary line; exit 0 when every run is identical or within the C++'s spread,
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import click
 
 from ..errors import InputError
 from ..outputs import check_file_target, check_folder_target, write_file
+from .jsonstream import dumps
 from .sequence import (SequenceComparison, check_frames, compare_frames, find_runs, load_traced_run,
                        match_candidate, records_to_arrays, run_arrays, summary_json, track_run)
 
@@ -95,13 +95,12 @@ def compare_sequences(paths, candidate: Path | None = None, port: str | None = N
         from ..report.drift import write_drift_report
         write_drift_report(payload, report_dir, source=" ".join(map(str, paths)))
     if json_out is not None:
-        text = json.dumps(payload, indent=1, allow_nan=False) + "\n"
+        text = dumps(payload)
         if json_out == "-":
             click.echo(text, nl=False)
         else:
             write_file(json_out, text, "--json")
-    n_pass = sum(c.passed for c in results)
-    n_id = sum(c.outcome == "identical" for c in results)
+    n_pass, n_id = payload["summary"]["passed"], payload["summary"]["identical"]
     click.echo(f"{len(results)} tracking runs: {n_id} bit-identical, {n_pass - n_id} within the C++ spread, "
                f"{len(results) - n_pass} beyond ({time.perf_counter() - t0:.1f} s)", file=human)
     if not results:

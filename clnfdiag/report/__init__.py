@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import InputError
 from ..keys import parse
 from ..outputs import staged_folder
-from ..processes import ignore_interrupts, interrupts_ignored, terminate_workers, usable_cpus
+from ..processes import ignore_interrupts, interrupts_blocked, terminate_workers, usable_cpus
 
 # matplotlib and pandas are imported on first use (inside the functions), so that registering
 # the ``report`` command does not slow down every other ``clnfdiag`` command.
@@ -247,7 +247,7 @@ class _Plotter:
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
             return
         try:
-            with interrupts_ignored():  # map starts the workers
+            with interrupts_blocked():  # map starts the workers
                 self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                                 initializer=ignore_interrupts)
                 # chunks of a few cases: fewer round trips than one per case, still balanced

@@ -36,13 +36,8 @@ def is_drift_report(folder: str | Path) -> bool:
     names = {p.name for p in Path(folder).iterdir()}
     if not names:
         return True
-    if SUMMARY_FILE not in names or DRIFT_CSV not in names:
-        return False
-    try:
-        doc = json.loads((Path(folder) / SUMMARY_FILE).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(doc, dict) and str(doc.get("format", "")).startswith("clnfdiag-sequence-compare/")
+    return (SUMMARY_FILE in names and DRIFT_CSV in names
+            and read_sequence_summary(Path(folder) / SUMMARY_FILE) is not None)
 
 
 def read_sequence_summary(path: str | Path) -> dict | None:
