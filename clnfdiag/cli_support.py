@@ -14,6 +14,9 @@ there (``compare``, ``fit`` ...) can use it and still run on their own.
 """
 from __future__ import annotations
 
+import signal
+import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +25,7 @@ import click
 
 from .errors import (EXIT_INTERRUPTED, INTERRUPTED_LINE, ClnfdiagError, ClnfdiagWarning, error_line,
                      warning_line)
+from .processes import caused_by_interrupt
 
 
 #: Help of every ``--models`` option (the README's "OpenFace model files" section says the same).
@@ -45,21 +49,53 @@ def one_line_warnings() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def quiet_after_interrupt() -> Iterator[None]:
+    """After Ctrl-C, no "Exception ignored in ..." report on stderr.
+
+    A KeyboardInterrupt raised inside a constructor (llvmlite's, while numba loads a
+    kernel) leaves a half-built object whose finaliser then fails; Python reports that
+    on stderr, next to the interrupt line that should be the only one. The block notes
+    SIGINT (the handler in place still runs: it raises KeyboardInterrupt) and, once one
+    came, drops such reports; before it, they are shown as usual. Outside the main
+    thread, or with SIGINT ignored, it notes nothing.
+    """
+    came: list[bool] = []
+    previous_hook = sys.unraisablehook
+    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if callable(previous):
+        def note(signum, frame):
+            came.append(True)
+            previous(signum, frame)
+        signal.signal(signal.SIGINT, note)
+    sys.unraisablehook = lambda report: None if came else previous_hook(report)
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous_hook
+        if callable(previous):
+            signal.signal(signal.SIGINT, previous)
+
+
 def run_body(body: Callable[[], int | None]) -> int:
     """Run a command body and return its exit code.
 
     A :class:`ClnfdiagError` becomes its one line on stderr and its exit code,
-    Ctrl-C the interrupt line and 130; warnings of clnfdiag are one line each.
+    Ctrl-C the interrupt line and 130 -- also when it surfaced as another error
+    raised because of it (:func:`~clnfdiag.processes.caused_by_interrupt`);
+    warnings of clnfdiag are one line each.
     """
-    with one_line_warnings():
+    with one_line_warnings(), quiet_after_interrupt():
         try:
             return body() or 0
         except ClnfdiagError as err:
             click.echo(error_line(err), err=True)
             return err.exit_code
-        except KeyboardInterrupt:
+        except BaseException as exc:
+            if not caused_by_interrupt(exc):
+                raise
             click.echo(INTERRUPTED_LINE, err=True)
             return EXIT_INTERRUPTED
 
 
-__all__ = ["MODELS_HELP", "one_line_warnings", "run_body"]
+__all__ = ["MODELS_HELP", "one_line_warnings", "quiet_after_interrupt", "run_body"]

@@ -23,6 +23,7 @@ import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -344,15 +345,43 @@ def _npy_array(data: bytes | None) -> np.ndarray | None:
         hlen, hstart = int.from_bytes(data[8:12], "little"), 12
     else:
         return None
-    m = _NPY_HEADER.fullmatch(data[hstart:hstart + hlen].decode("latin1"))
-    if m is None:
+    layout = _npy_layout(data[hstart:hstart + hlen])
+    if layout is None:
         return None
-    dtype = np.dtype(m.group(1))
-    shape = tuple(int(v) for v in m.group(2).replace(",", " ").split())
-    count = math.prod(shape)
+    dtype, shape, count = layout
     if len(data) - hstart - hlen != count * dtype.itemsize:
         return None
     return np.frombuffer(data, dtype, count, hstart + hlen).reshape(shape)
+
+
+@lru_cache(maxsize=4096)
+def _npy_layout(header: bytes) -> tuple[np.dtype, tuple[int, ...], int] | None:
+    """``(dtype, shape, count)`` of a plain ``.npy`` header, None for any other header.
+
+    Remembered: a golden's ~600 members share a few dozen headers (every iteration's
+    shape, mean-shifts ... have the same), and parsing one is most of a small member's
+    read."""
+    m = _NPY_HEADER.fullmatch(header.decode("latin1"))
+    if m is None:
+        return None
+    shape = tuple(int(v) for v in m.group(2).replace(",", " ").split())
+    return np.dtype(m.group(1)), shape, math.prod(shape)
+
+
+def _known_dtype(name: str) -> bool:
+    """``name`` is a dtype numpy knows (:func:`_dtype` does not raise)."""
+    try:
+        _dtype(name)
+    except TypeError:
+        return False
+    return True
+
+
+@lru_cache(maxsize=256)
+def _dtype(name: str) -> np.dtype:
+    """``numpy.dtype(name)``, remembered (a manifest names a handful of dtypes ~600 times);
+    TypeError for an unknown name, as numpy raises it."""
+    return np.dtype(name)
 
 
 @dataclass
@@ -547,6 +576,13 @@ def _check_bbox(bbox: Any, path: Path) -> None:
 
 
 def _check_stage_entry(key: str, entry: Any, path: Path) -> None:
+    if type(entry) is dict:
+        shape, dtype = entry.get("shape"), entry.get("dtype")
+        # The common case in a few type tests (a manifest has ~600 entries; JSON gives exact
+        # ints and strs); anything else takes the checks below, which name the problem.
+        if (type(shape) is list and type(dtype) is str and all(type(n) is int and n >= 0 for n in shape)
+                and _known_dtype(dtype)):
+            return
     where = f"stages.{key}"
     if not isinstance(entry, dict):
         raise GoldenError("must be an object with shape and dtype", path, where)
@@ -557,7 +593,7 @@ def _check_stage_entry(key: str, entry: Any, path: Path) -> None:
     if not isinstance(dtype, str):
         raise GoldenError("dtype must be a string", path, where)
     try:
-        np.dtype(dtype)
+        _dtype(dtype)
     except TypeError:
         raise GoldenError(f"unknown dtype {dtype!r}", path, where) from None
 
@@ -590,7 +626,7 @@ def _verify_stages(case: GoldenCase, finite: bool = True) -> None:
         shape = tuple(entry["shape"])
         if arr.shape != shape:
             raise GoldenError(f"shape mismatch: expected {shape}, found {arr.shape}", npz_path, key)
-        if arr.dtype != np.dtype(entry["dtype"]):
+        if arr.dtype != _dtype(entry["dtype"]):
             raise GoldenError(f"dtype mismatch: expected {entry['dtype']}, found {arr.dtype}", npz_path, key)
         if finite:
             _check_finite(arr, npz_path, key)

@@ -57,6 +57,51 @@ def interrupts_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C during the block takes effect at its end, not inside it.
+
+    Python raises KeyboardInterrupt between any two bytecodes of the main thread. Inside
+    code that holds a lock for a moment (numba loading a kernel from its cache holds
+    llvmlite's lock; a process pool's ``submit`` holds the pool's) it can leave that lock
+    held for ever, and the next thread to want it hangs: an interrupted warm-up waited
+    on its Sigma thread for ever, blocked on llvmlite's lock (seen). The block replaces
+    the SIGINT handler with one that only notes the interrupt; on leaving it the previous
+    handler is back and is called for a noted interrupt (the default one raises
+    KeyboardInterrupt there). Nested blocks pass it outwards. Outside the main thread,
+    or with SIGINT not at a Python handler (ignored, as in a worker), it does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+    noted: list[tuple[int, object]] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: noted.append((signum, frame)))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if noted:
+            previous(*noted[0])
+
+
+def caused_by_interrupt(exc: BaseException) -> bool:
+    """``exc`` is a KeyboardInterrupt or was raised because of one (its ``__cause__`` or
+    ``__context__`` chain holds one): numba's dispatcher, interrupted while it ran Python
+    code, reports ``SystemError: ... returned a result with an exception set`` caused by the
+    KeyboardInterrupt."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def terminate_workers(executor: ProcessPoolExecutor) -> None:
     """Stop a pool's processes now (on Ctrl-C: no result is wanted any more).
 
@@ -68,4 +113,5 @@ def terminate_workers(executor: ProcessPoolExecutor) -> None:
         proc.terminate()
 
 
-__all__ = ["usable_cpus", "ignore_interrupts", "interrupts_blocked", "terminate_workers"]
+__all__ = ["usable_cpus", "ignore_interrupts", "interrupts_blocked", "interrupts_deferred", "caused_by_interrupt",
+           "terminate_workers"]

@@ -64,7 +64,7 @@ def test_causes_are_ranked_by_landmark_impact_and_lead_the_line(wild, replays):
     assert moves == sorted(moves, reverse=True)
     assert {c.stage_kind for c in cmp.causes} >= {"response_sigma", "mean_shifts_ref"}
     assert len({c.stage_kind for c in cmp.causes}) == len(cmp.causes)  # one cause per kind
-    from clnfdiag.compare.cli import case_line
+    from clnfdiag.compare.handoff import case_line
     line = case_line(cmp)
     assert "fix these first: " + cmp.causes[0].line() in line
 
@@ -146,7 +146,7 @@ def test_first_divergence_line_names_where_its_max_abs_is(wild, replays):
     s = cmp.stage(cmp.first_divergent_stage)
     at = s.max_abs_landmark
     assert math.isclose(float(np.max(s.error_px)), s.max_abs) and float(s.error_px[at]) == s.max_abs
-    from clnfdiag.compare.cli import case_line
+    from clnfdiag.compare.handoff import case_line
     assert f"max_abs {s.max_abs:.3g} at landmark {at}" in case_line(cmp)
 
 

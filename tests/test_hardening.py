@@ -578,3 +578,63 @@ def test_image_file_outside_the_case_is_refused(tmp_path):
         (case / "manifest.json").write_text(json.dumps(manifest))
         res = _invoke("golden", "validate", case)
         assert res.exit_code == errors.EXIT_BAD_INPUT and "(image.file)" in res.stdout, res.stdout
+
+
+def test_interrupt_deferred_to_the_end_of_the_block():
+    """Ctrl-C inside :func:`interrupts_deferred` is raised when the block ends, not inside
+    it (a lock held there is released first); outside, at once, as before."""
+    from clnfdiag.processes import interrupts_deferred
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler has run by now
+            reached.append("after the signal")
+    assert reached == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with interrupts_deferred():
+        pass  # nothing noted, nothing raised
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        reached.append("not reached")
+    assert reached == ["after the signal"]
+
+
+def test_error_raised_by_an_interrupt_is_an_interrupt(capsys, monkeypatch):
+    """numba's dispatcher interrupted in Python code reports ``SystemError: ... returned a
+    result with an exception set`` caused by the KeyboardInterrupt: the command still ends
+    with the interrupt line and 130, and a finaliser failing after the interrupt (a
+    half-built llvmlite object) adds nothing to stderr."""
+    import gc
+    from clnfdiag.cli_support import run_body
+    from clnfdiag.processes import caused_by_interrupt
+
+    class HalfBuilt:
+        def __del__(self):
+            raise AttributeError("'OutputString' object has no attribute '_ptr'")
+
+    def body():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except KeyboardInterrupt as exc:
+            HalfBuilt()
+            gc.collect()
+            raise SystemError("CPUDispatcher(<function f>) returned a result with an exception set") from exc
+
+    reported = []  # what would reach stderr as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    assert run_body(body) == errors.EXIT_INTERRUPTED
+    assert capsys.readouterr().err.strip() == errors.INTERRUPTED_LINE
+    assert reported == []
+    HalfBuilt()  # with no interrupt, such a report is shown as usual
+    gc.collect()
+    assert len(reported) == 1
+    assert not caused_by_interrupt(SystemError("other"))
+
+    def broken():
+        raise SystemError("not an interrupt")
+
+    with pytest.raises(SystemError):
+        run_body(broken)

@@ -341,7 +341,8 @@ def test_streamed_json_is_the_whole_dump(tmp_path: Path, which: str) -> None:
     """``compare --json`` spooled case by case gives the bytes of the dump of the whole
     document (``json.dumps(run_json(...), indent=1)``, what compare wrote before it streamed),
     and its summary, made from the briefs kept instead of the comparisons, is the same."""
-    from clnfdiag.compare.jsonstream import CasesJsonWriter, brief
+    from clnfdiag.compare.handoff import brief
+    from clnfdiag.compare.jsonstream import CasesJsonWriter
     from clnfdiag.compare.struct import CaseComparison, CaseFailure, Summary, run_json
     results = _some_results()
     if which == "no cases":
@@ -380,3 +381,45 @@ def test_streamed_json_interrupted_leaves_nothing(tmp_path: Path) -> None:
             w.add({"case": "a", "x": 1.0})
             raise KeyboardInterrupt
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"] and out.read_text() == "earlier\n"
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["lines", "quiet"])
+def test_handoff_is_what_the_main_process_made(quiet: bool) -> None:
+    """A worker's :class:`Handoff` carries exactly what the main process used to make of the
+    whole comparison -- its brief, its human line (none for a passing one under --quiet,
+    always one for a failure) and its JSON text -- and, when the run keeps no comparison,
+    pickles to a small fraction of it (the reason it exists)."""
+    import pickle
+    from clnfdiag.compare.handoff import brief, case_line, hand_off
+    from clnfdiag.compare.struct import CaseFailure
+    results = _some_results()
+    assert any(getattr(r, "passed", False) for r in results) and any(not r.passed for r in results)
+    for r in results:
+        h = hand_off(r, quiet=quiet, json=True)
+        assert h.brief == brief(r) and h.result is None
+        if isinstance(r, CaseFailure):
+            assert h.failed and h.line == r.line() and h.json_text is None
+            continue
+        assert not h.failed
+        assert h.line == (None if quiet and r.passed else case_line(r))
+        assert h.json_text == json.dumps(r.to_json(), indent=1, allow_nan=False)
+        lean = hand_off(r, quiet=quiet)
+        assert lean.json_text is None
+        assert len(pickle.dumps(lean)) * 10 < len(pickle.dumps(r))
+        assert hand_off(r, whole=True).result is r
+
+
+def test_parallel_handoffs_in_input_order(tmp_path: Path, monkeypatch) -> None:
+    """With ``finish``, a parallel run yields the workers' handoffs in input order, each the
+    handoff of the sequential run's comparison (briefs and lines equal)."""
+    from functools import partial
+    from clnfdiag.compare.comparator import run
+    from clnfdiag.compare.handoff import Handoff, hand_off
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    refs = project_cases()[:3] * 2
+    modes = ("isolated", "propagated")
+    whole = list(run(refs, _GoldenAsCandidate(), modes, workers=1))
+    lean = list(run(refs, _GoldenAsCandidate(), modes, workers=2, finish=partial(hand_off, quiet=False)))
+    assert all(isinstance(h, Handoff) for h in lean)
+    assert [h.brief for h in lean] == [hand_off(r).brief for r in whole]
+    assert [h.line for h in lean] == [hand_off(r).line for r in whole]

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..optimiser import kde_kernel_table
 from ..parameters import preset
+from ..processes import interrupts_deferred
 from .loop import adapt_parameters
 
 #: OpenFace's view 0: the frontal one, where every single-hypothesis fit starts.
@@ -79,8 +80,16 @@ def warm_up(fitter: Any, parameters: Any = "default") -> None:
     (the compiled inversions release the GIL), while this thread runs a traced and then an
     untraced fit of :func:`synthetic_face` (results discarded) to load the compiled kernels
     of both paths; returns when both are done. A failure of the warm-up fit is ignored (it only saves
-    time; a real fit reports its own errors).
+    time; a real fit reports its own errors); Ctrl-C during it is raised when it is done.
     """
+    # Ctrl-C waits for the end of the warm-up (about a second): raised inside it, it can
+    # leave llvmlite's lock held by this thread (numba loads kernels under it), and the
+    # Sigma thread, loading its own, would wait for it for ever (seen).
+    with interrupts_deferred():
+        _warm_up(fitter, parameters)
+
+
+def _warm_up(fitter: Any, parameters: Any) -> None:
     pairs = frontal_sigma_windows()
     for scale, _ in pairs:             # the banks are created here, not on two threads
         if scale < len(fitter.main.patch_scales):

@@ -16,6 +16,7 @@ import contextlib
 import importlib
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -27,11 +28,12 @@ from ..faults import FAULTS, parse_faults
 from ..golden import find_cases, read_case
 from ..outputs import check_file_target, check_folder_target, is_empty_folder
 from ..processes import usable_cpus
-from .comparator import (FINAL_LANDMARKS, start_method, run)
-from .jsonstream import Brief, CasesJsonWriter, brief
+from .comparator import start_method, run
+from .handoff import Brief, Handoff, hand_off
+from .jsonstream import CasesJsonWriter
 from .noise import DEFAULT_RUNS
 from .producers import CandidateTraces, FitProducer, Replays
-from .struct import CaseComparison, CaseFailure, Summary, fmt_number, run_json
+from .struct import CaseComparison, CaseFailure, Summary, run_json
 from .tolerances import PROFILES, exact_tolerances, load_tolerances
 
 #: Carriage return + erase line: removes the progress counter before a result line.
@@ -146,22 +148,24 @@ def _compare(golden_paths, candidate, mode, tolerances_file, exact, gate, inject
 
     # Memory flat with the cases: each comparison's JSON goes to the --json spool as it
     # arrives and only its Brief stays for the summary; the report (its tables span every
-    # case) alone keeps the comparisons.
+    # case) alone keeps the comparisons. Lines, briefs and JSON texts are made where the
+    # comparison was (a worker): only they cross to this process.
     briefs: list[Brief | CaseFailure] = []
     results: list[CaseComparison | CaseFailure] | None = [] if report_module is not None else None
     keep = report_module.keep_for_report if report_module is not None else None
+    finish = partial(hand_off, quiet=quiet, json=json_out is not None, whole=results is not None)
     with contextlib.ExitStack() as stack:
         writer = stack.enter_context(CasesJsonWriter(json_out)) if json_out is not None else None
-        for res in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress,
-                       impact=replays.impact, keep=keep, envelope=replays.envelope, signature=replays.signature,
-                       causes=True, cause_impact=getattr(producer, "cause_impact", None)):
-            _print_result(res, human, quiet, progress is not None)
-            briefs.append(brief(res))
-            if writer is not None and isinstance(res, CaseComparison):
-                writer.add(res.to_json())
+        for h in run(case_dirs, producer, modes, tolerances, gate, workers=workers, progress=progress,
+                     impact=replays.impact, keep=keep, envelope=replays.envelope, signature=replays.signature,
+                     causes=True, cause_impact=getattr(producer, "cause_impact", None), finish=finish):
+            _print_line(h, human, progress is not None)
+            briefs.append(h.brief)
+            if writer is not None and h.json_text is not None:
+                writer.add_text(h.json_text)
             if results is not None:
-                results.append(res)
-            del res  # not held over the next case
+                results.append(h.result)
+            del h  # not held over the next case
         if progress is not None:
             click.echo(_CLEAR_LINE, err=True, nl=False)
         summary = Summary.from_results(briefs, time.perf_counter() - t0)
@@ -288,64 +292,13 @@ def _progress_printer(total: int):
     return progress
 
 
-def _print_result(res: CaseComparison | CaseFailure, out: IO, quiet: bool, progress_shown: bool) -> None:
-    if quiet and isinstance(res, CaseComparison) and res.passed:
+def _print_line(h: Handoff, out: IO, progress_shown: bool) -> None:
+    """A result's line, if it has one: a failure's on stderr, a comparison's on ``out``."""
+    if h.line is None:
         return
     if progress_shown:
         click.echo(_CLEAR_LINE, err=True, nl=False)  # the next progress call redraws it
-    if isinstance(res, CaseFailure):
-        click.echo(res.line(), err=True)
-    else:
-        click.echo(case_line(res), file=out)
+    click.echo(h.line, err=h.failed, file=None if h.failed else out)
 
 
-def case_line(cmp: CaseComparison) -> str:
-    """One human line for a comparison: verdict, first divergence with its landmarks, its
-    replayed impact, the causes to fix first, and (propagated mode) the end-to-end error.
-
-    In isolated mode each stage is fed the golden's inputs, so the trace's own final
-    landmarks say nothing about the landmarks: only a replayed impact does.
-    """
-    head = f"{cmp.verdict.upper():<8}  {cmp.case}  {cmp.mode}"
-    parts: list[str] = []
-    if cmp.first_divergent_stage is None:
-        if cmp.outcome == "identical":
-            parts.append(f"{len(cmp.stages)} stages bit-identical")
-        else:
-            parts.append(f"{len(cmp.stages)} stages within rounding noise")
-            w = cmp.worst_stage
-            if w is not None:
-                parts.append(f"worst {w.stage} at {fmt_number(w.ratio)}x tolerance (max_abs {fmt_number(w.max_abs)})")
-    else:
-        s = cmp.stage(cmp.first_divergent_stage)
-        at = s.max_abs_landmark
-        text = (f"first divergence {s.stage}: max_abs {fmt_number(s.max_abs)}"
-                + (f" at landmark {at}" if at is not None else "")
-                + f" max_rel {fmt_number(s.max_rel)} ({fmt_number(s.ratio)}x tolerance)")
-        if s.note:
-            text += f" [{s.note}]"
-        if s.worst_landmarks:
-            more = "..." if s.n_beyond > len(s.worst_landmarks) else ""
-            text += f", {s.n_beyond} beyond, worst first: landmarks {','.join(map(str, s.worst_landmarks))}{more}"
-        parts.append(text)
-        parts.append(f"{len(cmp.divergent_stages)}/{len(cmp.stages)} stages beyond")
-        if cmp.impact is not None:
-            reach = {True: "beyond", False: "within", None: "?"}[s.reaches_landmarks]
-            parts.append(f"impact: landmarks {fmt_number(cmp.impact.get('landmarks_max_px'))} px ({reach} "
-                         f"the case's noise {fmt_number(cmp.impact.get('noise_floor_px'))} px)")
-        elif cmp.mode == "isolated":
-            parts.append("landmark impact not replayed")
-        if cmp.causes:
-            top = "; ".join(c.line() for c in cmp.causes[:3])
-            parts.append(f"fix these first: {top}")
-    final = cmp.observed.get("landmarks_max_px")
-    if final is not None and cmp.mode == "propagated":
-        noise = (f", noise {fmt_number(cmp.noise_floor_px)} px from {cmp.noise_floor_source}"
-                 if cmp.noise_floor_px is not None else "")
-        parts.append(f"{FINAL_LANDMARKS} {fmt_number(final)} px (tol {fmt_number(cmp.landmark_tolerance_px)}{noise})")
-    if cmp.missing_keys:
-        parts.append(f"{len(cmp.missing_keys)} golden stages not in candidate")
-    return head + "  " + "; ".join(parts)
-
-
-__all__ = ["compare", "case_line"]
+__all__ = ["compare"]

@@ -31,7 +31,7 @@ import numpy as np
 from ..errors import ClnfdiagError, ClnfdiagWarning, InputError
 from ..golden import GoldenCase, read_case
 from ..keys import PHASES, StageKey, iteration_of, parse
-from ..processes import ignore_interrupts, interrupts_blocked, terminate_workers
+from ..processes import ignore_interrupts, interrupts_blocked, interrupts_deferred, terminate_workers
 from . import metrics
 from .struct import (BEYOND_NOISE, DIVERGED, IDENTICAL, MAP_FIELDS, PASS, WITHIN_NOISE, CaseComparison,
                      CaseFailure, Cause, ConvergenceRow, Envelope, StageResult)
@@ -354,6 +354,30 @@ def _stage_tol(key: str, kind: str, mode: str, tolerances: Tolerances, lm_tol: T
     return tolerances.get(kind, mode)
 
 
+@lru_cache(maxsize=65536)
+def _kind_of(key: str) -> str:
+    """:attr:`parse_key(key).kind <clnfdiag.keys.StageKey.kind>`, remembered (every case repeats
+    the same keys; the attribute is recomputed at each access)."""
+    return parse_key(key).kind
+
+
+def _stage_tols(keys: list[str], kinds: list[str], mode: str, tolerances: Tolerances, lm_tol: Tol,
+                bands: Mapping[str, float]) -> list[Tol]:
+    """:func:`_stage_tol` of every key; a key with no band of its own (and not the final
+    landmarks) takes its kind's entry of the mode's table, looked up once per kind."""
+    by_kind: dict[str, Tol] = {}
+    out = []
+    for key, kind in zip(keys, kinds):
+        if key in bands or key == FINAL_LANDMARKS:
+            out.append(_stage_tol(key, kind, mode, tolerances, lm_tol, bands))
+            continue
+        tol = by_kind.get(kind)
+        if tol is None:
+            tol = by_kind[kind] = tolerances.get(kind, mode)
+        out.append(tol)
+    return out
+
+
 def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[str], mode: str,
                   tolerances: Tolerances, lm_tol: Tol, n_lm: int, bands: Mapping[str, float]) -> list[StageResult]:
     """Every stage of ``keys`` compared, in that order; the same results as :func:`compare_stage`
@@ -367,31 +391,40 @@ def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[s
     :func:`compare_stage`, whose arithmetic the batches reproduce bit for bit.
     """
     out: list[StageResult | None] = [None] * len(keys)
+    infos = [parse_key(key) for key in keys]
+    kinds = [_kind_of(key) for key in keys]
+    garr = [golden.stage(key) for key in keys]
+    tols = _stage_tols(keys, kinds, mode, tolerances, lm_tol, bands)
     groups: dict[tuple, list[int]] = {}
     visibles: dict[tuple, np.ndarray | None] = {}
+    visible_of_pass: dict[tuple[int | None, int], tuple[np.ndarray | None, bytes | None]] = {}
     for i, key in enumerate(keys):
-        g, c = golden.stage(key), trace[key]
-        info = parse_key(key)
-        fam = metrics.family(info.kind, g.shape)
-        if g.shape != c.shape or not g.size:
+        g, c = garr[i], trace[key]
+        shape = g.shape
+        fam = metrics.family(kinds[i], shape)
+        if shape != c.shape or not g.size:
             out[i] = _compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm, bands)
             continue
         # A map's metrics do not depend on its kind: the maps of one pass (raw, Sigma, post-shift)
         # form one group.
-        group: tuple = (fam, info.kind if fam != "map" else None, g.shape, g.dtype.str, c.dtype.str)
+        group: tuple = (fam, kinds[i] if fam != "map" else None, shape, g.dtype.str, c.dtype.str)
         if fam == "map":
-            vis = _visible_for(_map_visibilities(golden, info), g.shape[0])
-            group += (None if vis is None else vis.astype(bool).tobytes(),)
+            where = (infos[i].pass_index if kinds[i] in metrics.MAP_KINDS else None, shape[0])
+            if where not in visible_of_pass:
+                vis = _visible_for(_map_visibilities(golden, infos[i]), shape[0])
+                visible_of_pass[where] = (vis, None if vis is None else vis.astype(bool).tobytes())
+            vis, vis_bytes = visible_of_pass[where]
+            group += (vis_bytes,)
             visibles[group] = vis
         groups.setdefault(group, []).append(i)
     for group, idx in groups.items():
         fam, kind, shape = group[:3]
-        tols = [_stage_tol(keys[i], parse_key(keys[i]).kind, mode, tolerances, lm_tol, bands) for i in idx]
-        stacked = (np.stack([golden.stage(keys[i]) for i in idx]), np.stack([trace[keys[i]] for i in idx]))
-        atol, rtol = np.array([t.atol for t in tols], np.float64), np.array([t.rtol for t in tols], np.float64)
+        stacked = (np.stack([garr[i] for i in idx]), np.stack([trace[keys[i]] for i in idx]))
+        atol = np.array([tols[i].atol for i in idx], np.float64)
+        rtol = np.array([tols[i].rtol for i in idx], np.float64)
         if fam == "map":
             fields = metrics.batch_maps(*stacked, visibles[group], atol, rtol)
-            per_landmark = [name for name in MAP_FIELDS]
+            per_landmark = list(MAP_FIELDS)
         else:
             fields = metrics.batch_within(fam, kind, *stacked, atol, rtol)
             per_landmark = ["error_px"] if fam == "points" else []
@@ -403,15 +436,17 @@ def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[s
         within = fields["within"].tolist()
         max_abs, rms = fields["max_abs"].tolist(), fields["rms"].tolist()
         max_rel, ratio = fields["max_rel"].tolist(), fields["ratio"].tolist()
+        shape_t = tuple(shape)
         for j, i in enumerate(idx):
+            key = keys[i]
             if not within[j]:
-                out[i] = _compare_key(golden, trace, keys[i], mode, tolerances, lm_tol, n_lm, bands)
+                out[i] = _compare_key(golden, trace, key, mode, tolerances, lm_tol, n_lm, bands)
                 continue
-            key, info = keys[i], parse_key(keys[i])
+            info, tol = infos[i], tols[i]
             res = StageResult(
-                stage=key, kind=info.kind if kind is None else kind, family=fam, pass_index=info.pass_index, phase=info.phase,
-                iteration=info.iteration, shape=tuple(shape), max_abs=max_abs[j], rms=rms[j],
-                max_rel=max_rel[j], ratio=ratio[j], atol=tols[j].atol, rtol=tols[j].rtol,
+                stage=key, kind=kinds[i] if kind is None else kind, family=fam, pass_index=info.pass_index,
+                phase=info.phase, iteration=info.iteration, shape=shape_t, max_abs=max_abs[j], rms=rms[j],
+                max_rel=max_rel[j], ratio=ratio[j], atol=tol.atol, rtol=tol.rtol,
                 within_tolerance=True, n_beyond=0, worst_landmarks=[],
                 noise_band_px=bands.get(key), outcome=IDENTICAL if max_abs[j] == 0 else WITHIN_NOISE)
             for name in per_landmark:
@@ -618,22 +653,25 @@ class _Job:
     signature: CaseSignature | None = None
     causes: bool = False
     cause_impact: CaseImpact | None = None
+    finish: Callable[[CaseComparison | CaseFailure], Any] | None = None
 
 
-def compare_case(ref: str | Path | GoldenCase, job: _Job) -> list[CaseComparison | CaseFailure]:
-    """Every mode of one golden case; bad input becomes a CaseFailure instead of an exception."""
+def compare_case(ref: str | Path | GoldenCase, job: _Job) -> list[Any]:
+    """Every mode of one golden case; bad input becomes a CaseFailure instead of an exception.
+    Each result goes through ``job.finish`` when there is one."""
+    out: list[CaseComparison | CaseFailure] = []
     try:
         case = ref if isinstance(ref, GoldenCase) else read_case(ref, verify=job.verify)
     except ClnfdiagError as err:
-        return [CaseFailure(str(ref), None, err.kind, str(err), err.exit_code)]
-    out: list[CaseComparison | CaseFailure] = []
-    try:
-        for mode in job.modes:
-            out.append(_compare_mode(case, mode, job))
-    finally:
-        if not isinstance(ref, GoldenCase):
-            case.close()
-    return out
+        out.append(CaseFailure(str(ref), None, err.kind, str(err), err.exit_code))
+    else:
+        try:
+            for mode in job.modes:
+                out.append(_compare_mode(case, mode, job))
+        finally:
+            if not isinstance(ref, GoldenCase):
+                case.close()
+    return out if job.finish is None else [job.finish(r) for r in out]
 
 
 def _compare_mode(case: GoldenCase, mode: str, job: _Job) -> CaseComparison | CaseFailure:
@@ -661,7 +699,8 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         verify: bool = True, impact_stages: int = 1,
         keep: Callable[[str], bool] | None = None, envelope: CaseEnvelope | None = None,
         signature: CaseSignature | None = None, causes: bool = False,
-        cause_impact: CaseImpact | None = None) -> Iterator[CaseComparison | CaseFailure]:
+        cause_impact: CaseImpact | None = None,
+        finish: Callable[[CaseComparison | CaseFailure], Any] | None = None) -> Iterator[Any]:
     """Compare many cases, yielding results in input order as they are ready.
 
     Parameters
@@ -706,10 +745,15 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
         Rank the causes of every comparison (see :func:`rank_causes`).
     cause_impact : callable, optional
         ``cause_impact(case, trace, stage_keys)``, the causes' impact (default ``impact``).
+    finish : callable, optional
+        ``finish(result) -> object``, applied to each result in the process that made it
+        (a worker, in a parallel run; picklable then): what it returns is yielded instead,
+        so that only what the caller needs of a comparison (a line, a brief,
+        :class:`~clnfdiag.compare.handoff.Handoff`) crosses between processes.
 
     Yields
     ------
-    CaseComparison or CaseFailure
+    CaseComparison or CaseFailure, or what ``finish`` made of it
         A CaseFailure for a case or mode that could not be compared (bad
         golden, bad candidate, producer error); others go on.
     """
@@ -719,7 +763,7 @@ def run(cases: Iterable[str | Path | GoldenCase], producer: Producer, modes: Ite
     _check_choice("gate", gate, GATES)
     refs = list(cases)
     job = _Job(producer, modes, tolerances, gate, impact, verify, impact_stages, keep, envelope,
-               signature, causes, cause_impact)
+               signature, causes, cause_impact, finish)
     if workers <= 1 or len(refs) <= 1:
         for i, ref in enumerate(refs):
             results = compare_case(ref, job)
@@ -750,7 +794,7 @@ def _init_worker(job: _Job) -> None:
     warnings.simplefilter("ignore", ClnfdiagWarning)
 
 
-def _worker(ref: str | Path) -> list[CaseComparison | CaseFailure]:
+def _worker(ref: str | Path) -> list[Any]:
     assert _WORKER_JOB is not None
     return compare_case(ref, _WORKER_JOB)
 
@@ -794,8 +838,7 @@ def start_method() -> str:
 
 
 def _run_parallel(refs: list, job: _Job, workers: int, progress: Callable[[int, int], None] | None,
-                  first: list[CaseComparison | CaseFailure] | None = None,
-                  ) -> Iterator[CaseComparison | CaseFailure]:
+                  first: list[Any] | None = None) -> Iterator[Any]:
     """A process pool fed in :func:`schedule` order with a bounded look-ahead; results come
     back in input order, after ``first`` (the results of a case the caller compared before
     them), which are yielded once the pool has started: the start ignores Ctrl-C for a
@@ -819,8 +862,11 @@ def _run_parallel(refs: list, job: _Job, workers: int, progress: Callable[[int, 
             pending[i] = ex.submit(_worker, refs[i])
             started += 1
 
+    # Ctrl-C is deferred while the pool's own locks may be held (submitting, shutting down):
+    # raised inside them it could leave one held, and the shutdown would wait for it for ever.
+    # It is taken at once while waiting for a result.
     try:
-        with interrupts_blocked():  # the first submissions start the workers
+        with interrupts_blocked(), interrupts_deferred():  # the first submissions start the workers
             top_up()
         if first is not None:
             if progress:
@@ -828,13 +874,16 @@ def _run_parallel(refs: list, job: _Job, workers: int, progress: Callable[[int, 
             yield from first
         for done in range(len(refs)):
             results = pending.pop(done).result()
-            top_up()
+            with interrupts_deferred():
+                top_up()
             if progress:
                 progress(done + 1, len(refs))
             yield from results
     except BaseException:  # Ctrl-C, or the caller stopped reading: no result is wanted any more
-        terminate_workers(ex)
+        with interrupts_deferred():
+            terminate_workers(ex)
         raise
     finally:
-        ex.shutdown(wait=True, cancel_futures=True)
-        gc.unfreeze()
+        with interrupts_deferred():
+            ex.shutdown(wait=True, cancel_futures=True)
+            gc.unfreeze()

@@ -25,12 +25,10 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from dataclasses import dataclass
 from typing import IO, Any
 
 from ..errors import OutputError
 from ..outputs import TMP_PREFIX, write_file
-from .struct import CaseComparison, CaseFailure
 
 #: Indentation of ``compare --json`` (one space per level: the files are large).
 JSON_INDENT = 1
@@ -43,38 +41,12 @@ def dumps(payload: Any) -> str:
     return json.dumps(payload, indent=JSON_INDENT, allow_nan=False) + "\n"
 
 
-@dataclass(frozen=True)
-class StageBrief:
-    """What the run's summary keeps of a comparison's worst stage (see :class:`Brief`)."""
+def case_text(case_json: dict) -> str:
+    """One case's JSON text as :class:`CasesJsonWriter` spools it (before its shift to depth 2).
 
-    stage: str
-    max_abs: float
-    max_rel: float
-    ratio: float
-    within_tolerance: bool
-
-
-@dataclass(frozen=True)
-class Brief:
-    """What :meth:`Summary.from_results <clnfdiag.compare.struct.Summary.from_results>` reads
-    of a comparison -- its case, mode, verdict, first divergent stage and worst stage -- in a
-    few hundred bytes instead of the comparison's every stage: a run keeps one per
-    comparison for its summary line and JSON summary, and drops the comparison itself."""
-
-    case: str
-    mode: str
-    passed: bool
-    first_divergent_stage: str | None
-    worst_stage: StageBrief | None
-
-
-def brief(res: CaseComparison | CaseFailure) -> Brief | CaseFailure:
-    """The :class:`Brief` of a comparison; a failure (a few fields already) as it is."""
-    if isinstance(res, CaseFailure):
-        return res
-    w = res.worst_stage
-    worst = None if w is None else StageBrief(w.stage, w.max_abs, w.max_rel, w.ratio, w.within_tolerance)
-    return Brief(res.case, res.mode, res.passed, res.first_divergent_stage, worst)
+    Raises ValueError for a non-finite float, as ``json.dumps(allow_nan=False)`` does.
+    """
+    return json.dumps(case_json, indent=JSON_INDENT, allow_nan=False)
 
 
 class CasesJsonWriter:
@@ -121,7 +93,11 @@ class CasesJsonWriter:
 
         Raises ValueError for a non-finite float, as ``json.dumps(allow_nan=False)`` does.
         """
-        text = json.dumps(case_json, indent=JSON_INDENT, allow_nan=False)
+        self.add_text(case_text(case_json))
+
+    def add_text(self, text: str) -> None:
+        """Append one case's :func:`case_text` (made where the comparison was: in a worker), in
+        input order."""
         sep = "[\n" if self.count == 0 else ",\n"
         self._spool.write((sep + _CASE_PREFIX + text.replace("\n", "\n" + _CASE_PREFIX)).encode("utf-8"))
         self.count += 1
@@ -165,4 +141,4 @@ class CasesJsonWriter:
         write_file(self.target, lambda f: self._pieces(f, head, tail), self.option)
 
 
-__all__ = ["CasesJsonWriter", "Brief", "StageBrief", "brief", "dumps", "JSON_INDENT"]
+__all__ = ["CasesJsonWriter", "case_text", "dumps", "JSON_INDENT"]

@@ -152,8 +152,12 @@ class Replays:
         return impact(case, dict(candidate), stage_keys, self.fitter, self.case_cache(case, "baselines"))
 
     def envelope(self, case: GoldenCase) -> Envelope:
-        """The case's noise envelope (cached on disk by content, :func:`~.noise.envelope`)."""
-        return envelope(case, self.fitter, self.noise_runs)
+        """The case's noise envelope (cached on disk by content, :func:`~.noise.envelope`; both
+        modes of a case read it once)."""
+        held = self.case_cache(case, "envelope")
+        if "envelope" not in held:
+            held["envelope"] = envelope(case, self.fitter, self.noise_runs)
+        return held["envelope"]
 
     def signature(self, case: GoldenCase, candidate: Mapping[str, np.ndarray],
                   stage_keys: str | tuple[str, ...]) -> str | None:

@@ -507,9 +507,11 @@ class CaseComparison:
     def worst_stage(self) -> StageResult | None:
         """Stage with the largest error/allowed ratio (the first one on ties)."""
         best: StageResult | None = None
+        best_key: tuple[float, float] = (-math.inf, -math.inf)
         for s in self.stages:
-            if best is None or _ratio_key(s) > _ratio_key(best):
-                best = s
+            key = _ratio_key(s)
+            if best is None or key > best_key:
+                best, best_key = s, key
         return best
 
     def to_json(self, per_landmark: str = "diverged") -> dict:
