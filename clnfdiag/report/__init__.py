@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import InputError
 from ..keys import parse
 from ..outputs import staged_folder
-from ..processes import ignore_interrupts, interrupts_blocked, terminate_workers, usable_cpus
+from ..processes import ignore_interrupts, interrupts_blocked, interrupts_deferred, terminate_workers, usable_cpus
 
 # matplotlib and pandas are imported on first use (inside the functions), so that registering
 # the ``report`` command does not slow down every other ``clnfdiag`` command.
@@ -247,7 +247,9 @@ class _Plotter:
         if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
             return
         try:
-            with interrupts_blocked():  # map starts the workers
+            # map starts the workers and submits every task (under the pool's locks: Ctrl-C is
+            # taken after it, see processes.interrupts_deferred)
+            with interrupts_blocked(), interrupts_deferred():
                 self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                                 initializer=ignore_interrupts)
                 # chunks of a few cases: fewer round trips than one per case, still balanced
@@ -271,9 +273,10 @@ class _Plotter:
     def __exit__(self, exc_type, exc, tb) -> None:
         global _JOBS
         if self.pool is not None:
-            if exc_type is not None:
-                terminate_workers(self.pool)  # interrupted or failed: the plots are not wanted
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            with interrupts_deferred():  # a second Ctrl-C must not leave the pool's locks held
+                if exc_type is not None:
+                    terminate_workers(self.pool)  # interrupted or failed: the plots are not wanted
+                self.pool.shutdown(wait=True, cancel_futures=True)
         _JOBS = []
 
 
