@@ -38,8 +38,9 @@ priority it took 2.3 s of CPU during a 10 s run of 100 cases, a quarter of a
 core the workers of a two-core machine then lacked (the run measured 9.9 s
 against 7.5 s unobserved). So the measuring process samples every
 :data:`POLL_S` and lowers its own priority once the run has started (the run
-keeps the normal one): memory is flat over a run, a coarser sampling finds the
-same peak.
+keeps the normal one): memory is flat over a run, so a coarser sampling still
+finds its level (it can miss a short peak; ``ru_maxrss`` gives each process's
+exact one).
 
 With ``--json`` every run also writes ``compare --json`` (into the temporary
 folder): the comparisons' JSON is streamed to disk case by case, so the peak

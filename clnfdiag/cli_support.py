@@ -14,9 +14,6 @@ there (``compare``, ``fit`` ...) can use it and still run on their own.
 """
 from __future__ import annotations
 
-import signal
-import sys
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,7 +22,7 @@ import click
 
 from .errors import (EXIT_INTERRUPTED, INTERRUPTED_LINE, ClnfdiagError, ClnfdiagWarning, error_line,
                      warning_line)
-from .processes import caused_by_interrupt
+from .processes import caused_by_interrupt, quiet_after_interrupt
 
 
 #: Help of every ``--models`` option (the README's "OpenFace model files" section says the same).
@@ -49,34 +46,6 @@ def one_line_warnings() -> Iterator[None]:
         yield
 
 
-@contextmanager
-def quiet_after_interrupt() -> Iterator[None]:
-    """After Ctrl-C, no "Exception ignored in ..." report on stderr.
-
-    A KeyboardInterrupt raised inside a constructor (llvmlite's, while numba loads a
-    kernel) leaves a half-built object whose finaliser then fails; Python reports that
-    on stderr, next to the interrupt line that should be the only one. The block notes
-    SIGINT (the handler in place still runs: it raises KeyboardInterrupt) and, once one
-    came, drops such reports; before it, they are shown as usual. Outside the main
-    thread, or with SIGINT ignored, it notes nothing.
-    """
-    came: list[bool] = []
-    previous_hook = sys.unraisablehook
-    previous = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
-    if callable(previous):
-        def note(signum, frame):
-            came.append(True)
-            previous(signum, frame)
-        signal.signal(signal.SIGINT, note)
-    sys.unraisablehook = lambda report: None if came else previous_hook(report)
-    try:
-        yield
-    finally:
-        sys.unraisablehook = previous_hook
-        if callable(previous):
-            signal.signal(signal.SIGINT, previous)
-
-
 def run_body(body: Callable[[], int | None]) -> int:
     """Run a command body and return its exit code.
 
@@ -98,4 +67,4 @@ def run_body(body: Callable[[], int | None]) -> int:
             return EXIT_INTERRUPTED
 
 
-__all__ = ["MODELS_HELP", "one_line_warnings", "quiet_after_interrupt", "run_body"]
+__all__ = ["MODELS_HELP", "one_line_warnings", "run_body"]

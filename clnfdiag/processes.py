@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 
@@ -58,6 +59,27 @@ def interrupts_blocked() -> Iterator[None]:
 
 
 @contextmanager
+def _sigint_wrapped(wrap: Callable[[Callable], Callable]) -> Iterator[Callable | None]:
+    """Within the block SIGINT goes to ``wrap(previous)``, and ``previous`` is back after it.
+
+    Yields ``previous``, or None when nothing was installed: outside the main thread (only
+    it may set handlers), or with SIGINT not at a Python handler (ignored, as in a worker).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield None
+        return
+    signal.signal(signal.SIGINT, wrap(previous))
+    try:
+        yield previous
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
 def interrupts_deferred() -> Iterator[None]:
     """Ctrl-C during the block takes effect at its end, not inside it.
 
@@ -71,21 +93,42 @@ def interrupts_deferred() -> Iterator[None]:
     KeyboardInterrupt there). Nested blocks pass it outwards. Outside the main thread,
     or with SIGINT not at a Python handler (ignored, as in a worker), it does nothing.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGINT)
-    if not callable(previous):
-        yield
-        return
     noted: list[tuple[int, object]] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: noted.append((signum, frame)))
+    previous = None
     try:
-        yield
+        with _sigint_wrapped(lambda _: lambda signum, frame: noted.append((signum, frame))) as previous:
+            yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if noted:
+        if noted and previous is not None:
             previous(*noted[0])
+
+
+@contextmanager
+def quiet_after_interrupt() -> Iterator[None]:
+    """After Ctrl-C, no "Exception ignored in ..." report on stderr.
+
+    A KeyboardInterrupt raised inside a constructor (llvmlite's, while numba loads a
+    kernel) leaves a half-built object whose finaliser then fails; Python reports that
+    on stderr, next to the interrupt line that should be the only one. The block notes
+    SIGINT (the handler in place still runs: it raises KeyboardInterrupt) and, once one
+    came, drops such reports; before it, they are shown as usual. Outside the main
+    thread, or with SIGINT ignored, it notes nothing.
+    """
+    came: list[bool] = []
+    previous_hook = sys.unraisablehook
+
+    def noting(previous: Callable) -> Callable:
+        def note(signum, frame):
+            came.append(True)
+            previous(signum, frame)
+        return note
+
+    sys.unraisablehook = lambda report: None if came else previous_hook(report)
+    try:
+        with _sigint_wrapped(noting):
+            yield
+    finally:
+        sys.unraisablehook = previous_hook
 
 
 def caused_by_interrupt(exc: BaseException) -> bool:
@@ -113,5 +156,5 @@ def terminate_workers(executor: ProcessPoolExecutor) -> None:
         proc.terminate()
 
 
-__all__ = ["usable_cpus", "ignore_interrupts", "interrupts_blocked", "interrupts_deferred", "caused_by_interrupt",
-           "terminate_workers"]
+__all__ = ["usable_cpus", "ignore_interrupts", "interrupts_blocked", "interrupts_deferred", "quiet_after_interrupt",
+           "caused_by_interrupt", "terminate_workers"]

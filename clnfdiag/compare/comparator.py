@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import ClnfdiagError, ClnfdiagWarning, InputError
 from ..golden import GoldenCase, read_case
-from ..keys import PHASES, StageKey, iteration_of, parse
+from ..keys import PHASES, StageKey, iteration_of, kind_of, parse
 from ..processes import ignore_interrupts, interrupts_blocked, interrupts_deferred, terminate_workers
 from . import metrics
 from .struct import (BEYOND_NOISE, DIVERGED, IDENTICAL, MAP_FIELDS, PASS, WITHIN_NOISE, CaseComparison,
@@ -354,30 +354,6 @@ def _stage_tol(key: str, kind: str, mode: str, tolerances: Tolerances, lm_tol: T
     return tolerances.get(kind, mode)
 
 
-@lru_cache(maxsize=65536)
-def _kind_of(key: str) -> str:
-    """:attr:`parse_key(key).kind <clnfdiag.keys.StageKey.kind>`, remembered (every case repeats
-    the same keys; the attribute is recomputed at each access)."""
-    return parse_key(key).kind
-
-
-def _stage_tols(keys: list[str], kinds: list[str], mode: str, tolerances: Tolerances, lm_tol: Tol,
-                bands: Mapping[str, float]) -> list[Tol]:
-    """:func:`_stage_tol` of every key; a key with no band of its own (and not the final
-    landmarks) takes its kind's entry of the mode's table, looked up once per kind."""
-    by_kind: dict[str, Tol] = {}
-    out = []
-    for key, kind in zip(keys, kinds):
-        if key in bands or key == FINAL_LANDMARKS:
-            out.append(_stage_tol(key, kind, mode, tolerances, lm_tol, bands))
-            continue
-        tol = by_kind.get(kind)
-        if tol is None:
-            tol = by_kind[kind] = tolerances.get(kind, mode)
-        out.append(tol)
-    return out
-
-
 def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[str], mode: str,
                   tolerances: Tolerances, lm_tol: Tol, n_lm: int, bands: Mapping[str, float]) -> list[StageResult]:
     """Every stage of ``keys`` compared, in that order; the same results as :func:`compare_stage`
@@ -392,12 +368,11 @@ def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[s
     """
     out: list[StageResult | None] = [None] * len(keys)
     infos = [parse_key(key) for key in keys]
-    kinds = [_kind_of(key) for key in keys]
+    kinds = [kind_of(key) for key in keys]  # parse_key(key).kind, without the parse
     garr = [golden.stage(key) for key in keys]
-    tols = _stage_tols(keys, kinds, mode, tolerances, lm_tol, bands)
+    tols = [_stage_tol(key, kind, mode, tolerances, lm_tol, bands) for key, kind in zip(keys, kinds)]
     groups: dict[tuple, list[int]] = {}
     visibles: dict[tuple, np.ndarray | None] = {}
-    visible_of_pass: dict[tuple[int | None, int], tuple[np.ndarray | None, bytes | None]] = {}
     for i, key in enumerate(keys):
         g, c = garr[i], trace[key]
         shape = g.shape
@@ -409,12 +384,8 @@ def _compare_keys(golden: GoldenCase, trace: dict[str, np.ndarray], keys: list[s
         # form one group.
         group: tuple = (fam, kinds[i] if fam != "map" else None, shape, g.dtype.str, c.dtype.str)
         if fam == "map":
-            where = (infos[i].pass_index if kinds[i] in metrics.MAP_KINDS else None, shape[0])
-            if where not in visible_of_pass:
-                vis = _visible_for(_map_visibilities(golden, infos[i]), shape[0])
-                visible_of_pass[where] = (vis, None if vis is None else vis.astype(bool).tobytes())
-            vis, vis_bytes = visible_of_pass[where]
-            group += (vis_bytes,)
+            vis = _visible_for(_map_visibilities(golden, infos[i]), shape[0])
+            group += (None if vis is None else vis.astype(bool).tobytes(),)
             visibles[group] = vis
         groups.setdefault(group, []).append(i)
     for group, idx in groups.items():
